@@ -1,0 +1,201 @@
+"""Every setting of cryptoflow, read from the environment in one place.
+
+A bad value fails at start with a message that names the variable.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlparse
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("coingecko", "coinpaprika", "csv")
+COINGECKO_PLANS = ("public", "demo", "pro")
+COINGECKO_DEFAULT_URLS = {
+    "public": "https://api.coingecko.com/api/v3",
+    "demo": "https://api.coingecko.com/api/v3",
+    "pro": "https://pro-api.coingecko.com/api/v3",
+}
+
+
+class ConfigError(ValueError):
+    """A setting in the environment is missing or malformed."""
+
+
+def _str(env, name, default=None):
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip()
+
+
+def _int(env, name, default, minimum=None, maximum=None):
+    raw = _str(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
+    return value
+
+
+def _float(env, name, default, minimum=None, maximum=None):
+    raw = _str(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name} must be a finite number, got {raw!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
+    return value
+
+
+def _url(env, name, default, schemes):
+    raw = _str(env, name, default)
+    if raw is None:
+        return None
+    parsed = urlparse(raw)
+    if parsed.scheme not in schemes:
+        raise ConfigError(f"{name} must be a URL starting with one of {', '.join(s + '://' for s in schemes)}, got {parsed.scheme or raw!r}")
+    return raw.rstrip("/") if parsed.scheme.startswith("http") else raw
+
+
+def _choice(env, name, default, choices):
+    raw = (_str(env, name, default) or "").lower()
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _sources(env, name, default):
+    raw = _str(env, name, default) or ""
+    names = [part.strip().lower() for part in raw.split(",") if part.strip()]
+    unknown = [n for n in names if n not in SOURCES]
+    if unknown:
+        raise ConfigError(f"{name} names unknown sources {unknown}; known: {', '.join(SOURCES)}")
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Schedule and rate limit of one source."""
+
+    name: str
+    schedule_seconds: int
+    rate_per_minute: float
+    burst: int
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    redis_url: str | None
+    port: int
+    flower_port: int
+    flower_basic_auth: str | None
+    api_token: str | None
+    log_level: str
+    coingecko_base_url: str
+    coingecko_api_key: str | None
+    coingecko_api_plan: str
+    coingecko_per_page: int
+    coingecko_max_pages: int
+    coinpaprika_base_url: str
+    coinpaprika_api_key: str | None
+    csv_data_dir: Path
+    csv_chunk_rows: int
+    http_timeout_seconds: float
+    reject_share_partial: float
+    task_max_retries: int
+    run_time_limit_seconds: int
+    rate_limit_max_sleep_seconds: float
+    max_deliveries: int
+    run_stale_after_seconds: int
+    max_request_bytes: int
+    sources: dict = field(default_factory=dict)
+
+    @property
+    def enabled_sources(self) -> tuple[str, ...]:
+        return tuple(name for name, s in self.sources.items() if s.enabled)
+
+    def public_dict(self) -> dict:
+        """Settings without secrets, for logs and diagnostics."""
+        hidden = {"api_token", "coingecko_api_key", "coinpaprika_api_key", "flower_basic_auth"}
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = ("***" if value else None) if f.name in hidden else value
+        return out
+
+
+# Default rate limits stay inside each free tier: CoinGecko keyless is ~10/min per IP,
+# CoinPaprika free is 20k calls a month (about 27/hour on average; bursts are allowed).
+DEFAULT_RATES = {"coingecko": 10.0, "coinpaprika": 10.0, "csv": 600.0}
+DEFAULT_SCHEDULES = {"coingecko": 300, "coinpaprika": 300, "csv": 3600}
+
+
+def load_settings(env: dict | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    plan = _choice(env, "COINGECKO_API_PLAN", "public", COINGECKO_PLANS)
+    enabled = _sources(env, "ENABLED_SOURCES", ",".join(SOURCES))
+    sources = {}
+    for name in SOURCES:
+        prefix = name.upper()
+        sources[name] = SourceSettings(
+            name=name,
+            schedule_seconds=_int(env, f"{prefix}_SCHEDULE_SECONDS", DEFAULT_SCHEDULES[name], minimum=1),
+            rate_per_minute=_float(env, f"{prefix}_RATE_PER_MINUTE", DEFAULT_RATES[name], minimum=0.01),
+            burst=_int(env, f"{prefix}_RATE_BURST", 1, minimum=1),
+            enabled=name in enabled,
+        )
+    data_dir = Path(_str(env, "CSV_DATA_DIR", "data"))
+    if not data_dir.is_absolute():
+        data_dir = PROJECT_ROOT / data_dir
+    log_level = (_str(env, "LOG_LEVEL", "INFO") or "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {log_level!r}")
+    flower_auth = _str(env, "FLOWER_BASIC_AUTH")
+    if flower_auth is not None and ":" not in flower_auth:
+        raise ConfigError("FLOWER_BASIC_AUTH must look like user:password")
+    return Settings(
+        database_url=_url(env, "DATABASE_URL", None, ("postgresql", "postgresql+psycopg2", "postgres")),
+        redis_url=_url(env, "REDIS_URL", None, ("redis", "rediss", "unix")),
+        port=_int(env, "PORT", 8000, 1, 65535),
+        flower_port=_int(env, "FLOWER_PORT", 5555, 1, 65535),
+        flower_basic_auth=flower_auth,
+        api_token=_str(env, "API_TOKEN"),
+        log_level=log_level,
+        coingecko_base_url=_url(env, "COINGECKO_BASE_URL", COINGECKO_DEFAULT_URLS[plan], ("http", "https")),
+        coingecko_api_key=_str(env, "COINGECKO_API_KEY"),
+        coingecko_api_plan=plan,
+        coingecko_per_page=_int(env, "COINGECKO_PER_PAGE", 250, 1, 250),
+        coingecko_max_pages=_int(env, "COINGECKO_MAX_PAGES", 4, 1, 10000),
+        coinpaprika_base_url=_url(env, "COINPAPRIKA_BASE_URL",
+                                  "https://api-pro.coinpaprika.com/v1" if _str(env, "COINPAPRIKA_API_KEY")
+                                  else "https://api.coinpaprika.com/v1", ("http", "https")),
+        coinpaprika_api_key=_str(env, "COINPAPRIKA_API_KEY"),
+        csv_data_dir=data_dir,
+        csv_chunk_rows=_int(env, "CSV_CHUNK_ROWS", 20000, 1, 10_000_000),
+        http_timeout_seconds=_float(env, "HTTP_TIMEOUT_SECONDS", 20.0, 0.1, 600),
+        reject_share_partial=_float(env, "REJECT_SHARE_PARTIAL", 0.05, 0.0, 1.0),
+        task_max_retries=_int(env, "TASK_MAX_RETRIES", 5, 0, 100),
+        run_time_limit_seconds=_int(env, "RUN_TIME_LIMIT_SECONDS", 3600, 10),
+        rate_limit_max_sleep_seconds=_float(env, "RATE_LIMIT_MAX_SLEEP_SECONDS", 2.0, 0.0, 60.0),
+        max_deliveries=_int(env, "MAX_DELIVERIES", 5, 1, 100),
+        run_stale_after_seconds=_int(env, "RUN_STALE_AFTER_SECONDS", 900, 10),
+        max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 64 * 1024, 1024),
+        sources=sources,
+    )

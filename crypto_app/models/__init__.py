@@ -1,0 +1,7 @@
+"""The data model. The schema itself exists only through migrations (see migrations/versions)."""
+from .assets import Asset, AssetIdentifier
+from .quotes import LatestQuote, Quote
+from .runs import Checkpoint, EtlRun, RawPayload, RejectedRecord
+
+__all__ = ["Asset", "AssetIdentifier", "Quote", "LatestQuote", "EtlRun", "Checkpoint",
+           "RawPayload", "RejectedRecord"]

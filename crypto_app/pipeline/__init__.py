@@ -1,0 +1,1 @@
+"""The pipeline: validate, resolve identity, load, keep checkpoints and run bookkeeping."""

@@ -1,0 +1,206 @@
+"""Validation of normalized records: the one definition of what a storable quote is.
+
+Every source maps its raw record onto the canonical field names (crypto_app.sources.base); this
+marshmallow schema parses and checks them. Rules:
+- money and supply: exact Decimal, finite, never negative; thousands separators ("820,947,000",
+  "9,92,65,40,000", "14.748.800.659") and scientific notation ("6.32696E+11") are understood;
+  "", "-", "null", "N/A" mean missing and become None (never zero);
+- percentage changes: finite, negative allowed;
+- observed_at: timezone-aware UTC; ISO 8601 strings, dates, "Feb 20, 2018", unix seconds or milliseconds;
+- a record needs a price and something to identify the coin (a source id, a symbol or a name).
+"""
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timezone
+from decimal import Decimal, InvalidOperation
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validates_schema
+
+MISSING_TOKENS = {"", "-", "--", "null", "none", "n/a", "na"}
+_MS_THRESHOLD = 10_000_000_000  # unix times above this are milliseconds
+_DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%b %d, %Y", "%d/%m/%Y", "%m/%d/%Y",
+                 "%Y/%m/%d", "%d.%m.%Y", "%Y-%m-%dT%H:%M:%S", "%d-%m-%Y", "%B %d, %Y")
+
+
+def is_missing(value) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in MISSING_TOKENS)
+
+
+def parse_decimal(value) -> Decimal:
+    """Parse a number the way people and spreadsheets write it; raise ValueError if it is not one."""
+    if isinstance(value, bool):
+        raise ValueError("not a number")
+    if isinstance(value, Decimal):
+        number = value
+    elif isinstance(value, int):
+        number = Decimal(value)
+    elif isinstance(value, float):
+        number = Decimal(repr(value))  # the shortest text that round-trips, not the binary expansion
+    elif isinstance(value, str):
+        text = value.strip().replace("\u00a0", "").replace(" ", "").replace("_", "")
+        if text.startswith("$"):
+            text = text[1:]
+        text = _drop_group_separators(text)
+        try:
+            number = Decimal(text)
+        except InvalidOperation:
+            raise ValueError(f"not a number: {value!r}") from None
+    else:
+        raise ValueError(f"not a number: {value!r}")
+    if not number.is_finite():
+        raise ValueError("must be a finite number (NaN and infinity are rejected)")
+    return number
+
+
+_GROUPED = re.compile(r"^[+-]?\d{1,3}([,.]\d{2,3})+([.,]\d+)?$")
+
+
+def _drop_group_separators(text: str) -> str:
+    if "e" in text.lower() or not _GROUPED.match(text):
+        return text.replace(",", ".") if text.count(",") == 1 and "." not in text and len(text.split(",")[1]) != 3 else text
+    commas, dots = text.count(","), text.count(".")
+    if commas and dots:
+        # the last separator is the decimal mark: "1,234.56" or "1.234,56"
+        if text.rfind(",") > text.rfind("."):
+            return text.replace(".", "").replace(",", ".")
+        return text.replace(",", "")
+    if commas > 1 or (commas == 1 and len(text.split(",")[1]) == 3):
+        return text.replace(",", "")
+    if dots > 1:
+        return text.replace(".", "")
+    return text  # a single dot: a decimal mark ("1.234" stays one point two three four)
+
+
+def parse_timestamp(value) -> datetime:
+    """Parse an observation time into an aware UTC datetime; raise ValueError if impossible."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
+        return _from_epoch(float(value))
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"not a time: {value!r}")
+    text = value.strip()
+    if re.fullmatch(r"\d{9,14}(\.\d+)?", text):
+        return _from_epoch(float(text))
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    except ValueError:
+        pass
+    for fmt in _DATE_FORMATS:
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+    raise ValueError(f"not a recognised date or time: {value!r}")
+
+
+def _from_epoch(seconds: float) -> datetime:
+    if seconds > _MS_THRESHOLD:
+        seconds /= 1000.0
+    if not (0 < seconds < 32503680000):  # 1970 .. 3000
+        raise ValueError("unix time out of range")
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+class Amount(fields.Field):
+    """An exact, finite Decimal; `signed=False` also rejects negatives. Missing tokens load as None."""
+
+    def __init__(self, signed: bool = False, **kwargs):
+        if not kwargs.get("required"):
+            kwargs.setdefault("allow_none", True)
+            kwargs.setdefault("load_default", None)
+        super().__init__(**kwargs)
+        self.signed = signed
+
+    def deserialize(self, value, attr=None, data=None, **kwargs):
+        if is_missing(value) and not self.required:
+            return None
+        return super().deserialize(value, attr, data, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            number = parse_decimal(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        if not self.signed and number < 0:
+            raise ValidationError("must not be negative")
+        return number
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else str(value)
+
+
+class ObservedAt(fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return parse_timestamp(value)
+        except (ValueError, OverflowError, OSError) as exc:
+            raise ValidationError(str(exc)) from None
+
+
+class Rank(fields.Field):
+    def deserialize(self, value, attr=None, data=None, **kwargs):
+        if is_missing(value):
+            return None
+        return super().deserialize(value, attr, data, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            number = parse_decimal(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        if number != number.to_integral_value() or number < 0 or number > 2**31 - 1:
+            raise ValidationError("must be a whole number between 0 and 2147483647")
+        return int(number) or None  # CoinPaprika ranks inactive coins 0: no rank
+
+
+def _text(value):
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+class QuoteRecordSchema(Schema):
+    """A normalized record, ready for identity resolution and loading."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    external_id = fields.Function(deserialize=_text, allow_none=True, load_default=None)
+    symbol = fields.Function(deserialize=lambda v: (_text(v) or "").upper()[:32] or None,
+                             allow_none=True, load_default=None)
+    name = fields.Function(deserialize=lambda v: (_text(v) or "")[:200] or None, allow_none=True, load_default=None)
+    slug_hint = fields.Function(deserialize=_text, allow_none=True, load_default=None)
+    price_usd = Amount(required=True, allow_none=False)
+    open_usd = Amount()
+    high_usd = Amount()
+    low_usd = Amount()
+    market_cap_usd = Amount()
+    volume_24h_usd = Amount()
+    circulating_supply = Amount()
+    total_supply = Amount()
+    max_supply = Amount()
+    market_cap_rank = Rank(allow_none=True, load_default=None)
+    change_24h_pct = Amount(signed=True)
+    observed_at = ObservedAt(required=True, allow_none=False)
+
+    @validates_schema
+    def _identified(self, data, **kwargs):
+        if not (data.get("external_id") or data.get("symbol") or data.get("name")):
+            raise ValidationError("a record needs a source id, a symbol or a name", "symbol")
+
+
+QUOTE_SCHEMA = QuoteRecordSchema()
+
+
+def validate_record(normalized: dict) -> tuple[dict | None, dict | None]:
+    """Return (clean record, None) or (None, field errors)."""
+    try:
+        return QUOTE_SCHEMA.load(normalized), None
+    except ValidationError as err:
+        return None, err.messages

@@ -1,0 +1,93 @@
+"""The one small interface every source implements.
+
+A source turns a cursor into batches of raw records and maps one raw record onto the canonical field
+names. It knows nothing of the database, Redis or Celery: the pipeline gives it a `throttle` callable
+to call before every upstream request (the shared rate limit) and stores what it returns.
+
+Adding a source = one new module in this package with a `Source` subclass, registered in
+`crypto_app.sources.REGISTRY`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
+
+# Canonical fields a source's `normalize` may fill. Values stay as the source sent them (str, int,
+# float, Decimal, None): parsing, range checks and type conversion belong to the validation schema
+# (crypto_app.pipeline.validate), so every source obeys the same rules.
+IDENTITY_FIELDS = ("external_id", "symbol", "name", "slug_hint")
+VALUE_FIELDS = (
+    "price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd",
+    "circulating_supply", "total_supply", "max_supply", "market_cap_rank", "change_24h_pct",
+    "observed_at",
+)
+CANONICAL_FIELDS = IDENTITY_FIELDS + VALUE_FIELDS
+
+
+@dataclass
+class Batch:
+    """One page of an API, or one chunk of a file."""
+
+    records: list[dict]                 # raw records, as the source sent them
+    locator: dict                       # where they came from: {"page": 3} or {"file": .., "start": .., "end": ..}
+    next_cursor: dict                   # the cursor to save once this batch is stored
+    content_hash: str                   # sha256 of the raw bytes of this batch
+    raw: Any = None                     # what to keep in raw_payloads.body (parsed JSON; None for file chunks)
+    fetched_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    done: bool = False                  # True on the last batch of a run
+
+
+Throttle = Callable[[], None]
+
+
+class SourceError(Exception):
+    """Base of the errors a source raises."""
+
+
+class TransientSourceError(SourceError):
+    """Worth retrying: connection errors, timeouts, 5xx, 429. `retry_after` in seconds if known."""
+
+    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
+
+
+class PermanentSourceError(SourceError):
+    """Retrying will not help: 401/403/404, a body that is not the expected JSON, a bad file."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class Source(ABC):
+    """Base class of a source. Subclasses set `name` and implement `batches` and `normalize`."""
+
+    name: str = ""
+    rate_limited: bool = True           # API sources take a token from the shared bucket per request
+
+    def __init__(self, settings, throttle: Throttle | None = None, on_http_status: Callable[[int], None] | None = None):
+        self.settings = settings
+        self.throttle: Throttle = throttle or (lambda: None)
+        self.on_http_status = on_http_status or (lambda status: None)
+
+    @abstractmethod
+    def batches(self, cursor: dict) -> Iterator[Batch]:
+        """Yield batches starting from `cursor` (empty dict: from the beginning)."""
+
+    @abstractmethod
+    def normalize(self, record: dict) -> dict:
+        """Map one raw record onto CANONICAL_FIELDS (a field mapping, no validation)."""
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def json_hash(obj: Any) -> str:
+    return content_hash(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode())

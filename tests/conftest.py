@@ -1,0 +1,148 @@
+"""Shared fixtures: real PostgreSQL and Redis (the machine's or embedded ones), never mocks.
+
+Where the servers come from:
+- DATABASE_URL / REDIS_URL set: the tests use those servers, but never their data: they create a
+  database `<name>_test` (TEST_DATABASE_NAME overrides) and use Redis database TEST_REDIS_DB (default 15).
+- unset: the embedded PostgreSQL and Redis under var/ are started (crypto_app.embedded).
+The test database is dropped and migrated afresh once per session; every test starts from empty tables.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg2
+import pytest
+import redis as redis_lib
+from psycopg2 import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+sys.path.insert(0, str(ROOT))
+
+from crypto_app import create_app  # noqa: E402
+from crypto_app.config import load_settings  # noqa: E402
+from crypto_app import embedded  # noqa: E402
+
+TABLES = ("rejected_records", "raw_payloads", "quotes", "latest_quotes", "asset_identifiers", "assets",
+          "checkpoints", "etl_runs")
+
+
+def _server_urls() -> tuple[str, str]:
+    env = {"DATABASE_URL": os.environ.get("DATABASE_URL", ""), "REDIS_URL": os.environ.get("REDIS_URL", "")}
+    embedded.ensure_environment(env)
+    return env["DATABASE_URL"], env["REDIS_URL"]
+
+
+def _with_database(url: str, name: str) -> str:
+    return urlsplit(url)._replace(path="/" + name).geturl()
+
+
+def _with_redis_db(url: str, number: int) -> str:
+    parts = urlsplit(url)
+    return parts._replace(path=f"/{number}").geturl()
+
+
+def _recreate_database(server_url: str, name: str) -> None:
+    conn = psycopg2.connect(_with_database(server_url, "postgres"), connect_timeout=10)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def test_env() -> dict:
+    """Environment (URLs and settings) every test process and subprocess uses."""
+    server_db, server_redis = _server_urls()
+    base_name = urlsplit(server_db).path.lstrip("/") or "cryptoflow"
+    name = os.environ.get("TEST_DATABASE_NAME") or f"{base_name}_test"
+    _recreate_database(server_db, name)
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": _with_database(server_db, name),
+        "REDIS_URL": _with_redis_db(server_redis, int(os.environ.get("TEST_REDIS_DB", "15"))),
+        "API_TOKEN": "test-token",
+        "LOG_LEVEL": os.environ.get("TEST_LOG_LEVEL", "WARNING"),
+        "CSV_DATA_DIR": str(ROOT / "data"),
+        "COINGECKO_BASE_URL": "http://127.0.0.1:9/api/v3",   # nothing listens: tests never reach the internet
+        "COINPAPRIKA_BASE_URL": "http://127.0.0.1:9/v1",
+    })
+    subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi:app", "db", "upgrade"], cwd=ROOT, env=env,
+                   check=True, timeout=120, capture_output=True)
+    return env
+
+
+@pytest.fixture(scope="session")
+def settings(test_env):
+    return load_settings(test_env)
+
+
+@pytest.fixture(scope="session")
+def app(test_env, settings):
+    application = create_app({"TESTING": True}, settings=settings)
+    yield application
+
+
+@pytest.fixture(autouse=True)
+def clean_state(request):
+    """Empty tables and the test Redis database before each test that touches services."""
+    if not _uses_services(request):
+        yield
+        return
+    test_env = request.getfixturevalue("test_env")
+    conn = psycopg2.connect(test_env["DATABASE_URL"], connect_timeout=10)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
+                sql.SQL(", ").join(sql.Identifier(t) for t in TABLES)))
+    finally:
+        conn.close()
+    redis_lib.Redis.from_url(test_env["REDIS_URL"], socket_timeout=5).flushdb()
+    yield
+
+
+def _uses_services(request) -> bool:
+    return any(name in request.fixturenames
+               for name in ("test_env", "app", "client", "db_conn", "redis", "worker", "settings"))
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def redis(test_env):
+    client = redis_lib.Redis.from_url(test_env["REDIS_URL"], socket_timeout=5)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def db_conn(test_env):
+    """A plain psycopg2 connection to the test database, for asserting on tables."""
+    conn = psycopg2.connect(test_env["DATABASE_URL"], connect_timeout=10)
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, message: str = "condition"):
+    """Poll `predicate` until it returns a truthy value; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
