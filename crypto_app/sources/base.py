@@ -39,6 +39,9 @@ class Batch:
     raw: Any = None                     # what to keep in raw_payloads.body (parsed JSON; None for file chunks)
     fetched_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     done: bool = False                  # True on the last batch of a run
+    invalid: list[tuple[dict, str]] = field(default_factory=list)  # (raw record, reason) the source could
+    #                                     not even parse (a CSV row with broken quoting, binary garbage):
+    #                                     the pipeline quarantines them with the reason
 
 
 Throttle = Callable[[], None]
@@ -71,8 +74,10 @@ class Source(ABC):
     name: str = ""
     rate_limited: bool = True           # API sources take a token from the shared bucket per request
 
-    def __init__(self, settings, throttle: Throttle | None = None, on_http_status: Callable[[int], None] | None = None):
+    def __init__(self, settings, throttle: Throttle | None = None,
+                 on_http_status: Callable[[int], None] | None = None, **options):
         self.settings = settings
+        self.options = options
         self.throttle: Throttle = throttle or (lambda: None)
         self.on_http_status = on_http_status or (lambda status: None)
 
