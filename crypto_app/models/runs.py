@@ -18,20 +18,22 @@ class EtlRun(db.Model):
         db.CheckConstraint("status IN ('queued','running','succeeded','partial','failed')", name="status"),
     )
 
-    id = db.Column(db.Uuid, primary_key=True, default=uuid.uuid4)
+    id = db.Column(db.Uuid, primary_key=True, default=uuid.uuid4, server_default=db.text("gen_random_uuid()"))
     source = db.Column(db.Text, nullable=False)
     trigger = db.Column(db.Text, nullable=False)
-    status = db.Column(db.Text, nullable=False, default="queued")
+    status = db.Column(db.Text, nullable=False, default="queued", server_default="queued")
     created_at = db.Column(db.DateTime(timezone=True), nullable=False, server_default=func.now())
     started_at = db.Column(db.DateTime(timezone=True))
     finished_at = db.Column(db.DateTime(timezone=True))
     heartbeat_at = db.Column(db.DateTime(timezone=True))
     duration_seconds = db.Column(db.Float)
-    fetched = db.Column(db.BigInteger, nullable=False, default=0)
-    loaded = db.Column(db.BigInteger, nullable=False, default=0)
-    rejected = db.Column(db.BigInteger, nullable=False, default=0)
-    pages = db.Column(db.Integer, nullable=False, default=0)
-    deliveries = db.Column(db.Integer, nullable=False, default=0)
+    fetched = db.Column(db.BigInteger, nullable=False, default=0, server_default=db.text("0"))
+    loaded = db.Column(db.BigInteger, nullable=False, default=0, server_default=db.text("0"))
+    rejected = db.Column(db.BigInteger, nullable=False, default=0, server_default=db.text("0"))
+    pages = db.Column(db.Integer, nullable=False, default=0, server_default=db.text("0"))
+    deliveries = db.Column(db.Integer, nullable=False, default=0, server_default=db.text("0"))          # task executions, retries included
+    unfinished_deliveries = db.Column(db.Integer, nullable=False, default=0,  # executions that died mid-way in a row
+                                      server_default=db.text("0"))
     error = db.Column(db.Text)
     checkpoint_before = db.Column(JSONB)
     checkpoint_after = db.Column(JSONB)
@@ -59,7 +61,7 @@ class RawPayload(db.Model):
     locator = db.Column(JSONB, nullable=False)
     content_hash = db.Column(db.Text, nullable=False)
     fetched_at = db.Column(db.DateTime(timezone=True), nullable=False, server_default=func.now())
-    record_count = db.Column(db.Integer, nullable=False, default=0)
+    record_count = db.Column(db.Integer, nullable=False, default=0, server_default=db.text("0"))
     body = db.Column(JSONB)
 
 

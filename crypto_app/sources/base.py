@@ -73,6 +73,8 @@ class Source(ABC):
 
     name: str = ""
     rate_limited: bool = True           # API sources take a token from the shared bucket per request
+    cursor_persists: bool = False       # False: a finished run's cursor is dropped and the next run starts
+    #                                     over (API snapshots); True: it is handed to the next run (files)
 
     def __init__(self, settings, throttle: Throttle | None = None,
                  on_http_status: Callable[[int], None] | None = None, **options):

@@ -1,0 +1,55 @@
+"""Celery settings derived from cryptoflow's Settings (celeryconfig.py applies them to the worker and
+beat; the API builds its publishing client from the same function)."""
+from __future__ import annotations
+
+from .config import PROJECT_ROOT, Settings
+
+INGEST_TASK = "tasks.ingest_source"
+REAP_TASK = "tasks.reap_stale_runs"
+
+
+def celery_settings(settings: Settings) -> dict:
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 5,
+        "broker_transport_options": {
+            # longest countdown (retry backoff, rate-limit waits) + hard time limit, with margin:
+            # shorter and Redis would hand a slow or waiting task to a second worker
+            "visibility_timeout": settings.run_time_limit_seconds * 2 + 1800,
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+        },
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": settings.run_time_limit_seconds,
+        "task_soft_time_limit": max(settings.run_time_limit_seconds - 30, 5),
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "beat_schedule_filename": str(PROJECT_ROOT / "var" / "celerybeat-schedule"),
+        "beat_schedule": beat_schedule(settings),
+    }
+
+
+def beat_schedule(settings: Settings) -> dict:
+    schedule = {
+        f"ingest-{name}": {
+            "task": INGEST_TASK,
+            "schedule": float(source.schedule_seconds),
+            "kwargs": {"source": name, "trigger": "schedule"},
+        }
+        for name, source in settings.sources.items()
+        if source.enabled
+    }
+    schedule["reap-stale-runs"] = {"task": REAP_TASK, "schedule": 60.0}
+    return schedule
