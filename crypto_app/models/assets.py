@@ -10,6 +10,7 @@ from ..extensions import db
 
 class Asset(db.Model):
     __tablename__ = "assets"
+    __table_args__ = (db.Index("ix_assets_symbol_lower", db.text("lower(symbol)")),)
 
     id = db.Column(db.BigInteger, primary_key=True)
     slug = db.Column(db.Text, nullable=False, unique=True)

@@ -49,6 +49,8 @@ class LatestQuote(QuoteValues, db.Model):
     __table_args__ = (
         db.Index("ix_latest_quotes_source", "source"),
         db.Index("ix_latest_quotes_observed", "observed_at"),
+        # the API's stable order (market cap, then asset, then source), walked by keyset cursors
+        db.Index("ix_latest_quotes_sort", db.text("COALESCE(market_cap_usd, '-1'::numeric) DESC"), "asset_id", "source"),
     )
 
     asset_id = db.Column(db.BigInteger, db.ForeignKey("assets.id", ondelete="CASCADE"), primary_key=True)

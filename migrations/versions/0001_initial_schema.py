@@ -132,7 +132,7 @@ def upgrade():
         batch_op.create_index('ix_latest_quotes_source', ['source'], unique=False)
     # The API's stable order (market cap, then asset, then source) walked by keyset cursors.
     op.execute("CREATE INDEX ix_latest_quotes_sort ON latest_quotes "
-               "((COALESCE(market_cap_usd, -1)) DESC, asset_id, source)")
+               "(COALESCE(market_cap_usd, '-1'::numeric) DESC, asset_id, source)")
     op.execute("CREATE INDEX ix_assets_symbol_lower ON assets (lower(symbol))")
 
     op.create_table('quotes',
