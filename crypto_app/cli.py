@@ -1,9 +1,159 @@
-"""`flask etl ...` commands."""
+"""`flask etl ...`: run a source or import a CSV file from the command line, with progress.
+
+    flask etl run SOURCE            run now in this process (shared lock and rate limit still apply)
+    flask etl run SOURCE --enqueue  hand it to the workers and follow it until it ends
+    flask etl import PATH           import one CSV file inside CSV_DATA_DIR, with a progress bar
+"""
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+
 import click
+import psycopg2
+from flask import current_app
 from flask.cli import AppGroup
+from tqdm import tqdm
 
 etl = AppGroup("etl", help="Run and inspect ingestion.")
 
 
 def register_cli(app) -> None:
     app.cli.add_command(etl)
+
+
+@etl.command("run")
+@click.argument("source")
+@click.option("--enqueue", is_flag=True, help="Queue it for the Celery workers and follow it.")
+@click.option("--timeout", default=3600, show_default=True, help="With --enqueue: seconds to follow the run.")
+def run_command(source: str, enqueue: bool, timeout: int):
+    """Run one ingestion of SOURCE (coingecko, coinpaprika, csv) and print its summary."""
+    from .pipeline.runs import BrokerUnavailable, RunAlreadyActive, UnknownSource, check_source, trigger_run
+
+    settings = current_app.config["SETTINGS"]
+    try:
+        check_source(settings, source)
+        if enqueue:
+            run = trigger_run(source, "cli")
+            click.echo(f"queued run {run.id}")
+            _follow(str(run.id), timeout)
+            return
+    except (UnknownSource, RunAlreadyActive, BrokerUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+    _run_inline(source, {}, unit="batches")
+
+
+@etl.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+def import_command(path: str):
+    """Import one CSV file (it must lie inside CSV_DATA_DIR) and print the run summary."""
+    settings = current_app.config["SETTINGS"]
+    data_dir = settings.csv_data_dir.resolve()
+    target = Path(path).resolve()
+    if not target.is_relative_to(data_dir):
+        raise click.ClickException(f"{path} is outside CSV_DATA_DIR ({data_dir}); copy or link it there first")
+    if not target.is_file():
+        raise click.ClickException(f"{path}: no such file")
+    _run_inline("csv", {"files": [str(target.relative_to(data_dir))]}, unit="bytes", total=target.stat().st_size)
+
+
+def _run_inline(source: str, options: dict, unit: str, total: int | None = None):
+    from .coordination import SourceLock, redis_client
+    from .pipeline import lifecycle
+    from .pipeline.heartbeat import Heartbeat
+    from .pipeline.ingest import IngestionRun, backoff_seconds
+    from .pipeline.runs import lock_ttl
+    from .sources.base import PermanentSourceError, TransientSourceError
+
+    settings = current_app.config["SETTINGS"]
+    redis = redis_client(settings.redis_url)
+    lock = SourceLock(redis, source)
+    run_id = str(uuid.uuid4())
+    if not lock.acquire(run_id, lock_ttl(settings)):
+        raise click.ClickException(f"a {source} run is already going: {lock.holder()}")
+    conn = psycopg2.connect(settings.libpq_url, connect_timeout=10)
+    identity_conn = psycopg2.connect(settings.libpq_url, connect_timeout=10)
+    identity_conn.autocommit = True
+    started = time.monotonic()
+    rows = 0
+    bar = tqdm(total=total, unit="B" if unit == "bytes" else " batch", unit_scale=unit == "bytes",
+               disable=None, file=sys.stderr)
+
+    def progress(batch, counts):
+        nonlocal rows
+        rows += counts["fetched"]
+        step = batch.locator.get("end", 0) - batch.locator.get("start", 0) if unit == "bytes" else 1
+        bar.update(step)
+        bar.set_postfix(rows=rows, rows_per_s=int(rows / max(time.monotonic() - started, 1e-6)))
+
+    try:
+        lifecycle.create_run(conn, run_id, source, "cli")
+        click.echo(f"run {run_id} ({source})", err=True)
+        failures = 0
+        while True:
+            lifecycle.start_delivery(conn, run_id, source)
+            try:
+                with Heartbeat(settings.libpq_url, lock, run_id, lock_ttl(settings)):
+                    outcome = IngestionRun(run_id, source, settings, conn, identity_conn, redis=redis,
+                                           max_sleep=float("inf"), options=options, progress=progress).execute()
+                break
+            except TransientSourceError as exc:
+                failures += 1
+                if failures > settings.task_max_retries:
+                    raise
+                delay = backoff_seconds(failures, exc.retry_after)
+                click.echo(f"transient failure ({exc}); retrying in {delay}s", err=True)
+                lifecycle.postpone(conn, run_id, delay, str(exc))
+                time.sleep(delay)
+        lifecycle.finish_run(conn, run_id, outcome.status, outcome=outcome)
+    except (PermanentSourceError, TransientSourceError) as exc:
+        lifecycle.finish_run(conn, run_id, "failed", error=str(exc))
+        bar.close()
+        _print_summary(conn, run_id)
+        raise click.ClickException(str(exc)) from None
+    except BaseException as exc:
+        lifecycle.finish_run(conn, run_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
+        raise
+    finally:
+        bar.close()
+        lock.release(run_id)
+        identity_conn.close()
+    _print_summary(conn, run_id)
+    conn.close()
+
+
+def _print_summary(conn, run_id: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT source, status, fetched, loaded, rejected, pages, duration_seconds, error "
+                    "FROM etl_runs WHERE id = %s", (run_id,))
+        source, status, fetched, loaded, rejected, pages, duration, error = cur.fetchone()
+    rate = f", {fetched / duration:,.0f} records/s" if duration else ""
+    click.echo(f"run {run_id} {source}: {status} — fetched {fetched}, loaded {loaded}, rejected {rejected}, "
+               f"{pages} batches in {duration or 0:.1f}s{rate}")
+    if error:
+        click.echo(f"error: {error}")
+
+
+def _follow(run_id: str, timeout: int) -> None:
+    from .extensions import db
+    from .pipeline.runs import TERMINAL, get_run
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        db.session.expire_all()
+        run = get_run(run_id)
+        line = f"{run.status}: fetched {run.fetched}, loaded {run.loaded}, rejected {run.rejected}, pages {run.pages}"
+        if line != last:
+            click.echo(line, err=True)
+            last = line
+        if run.status in TERMINAL:
+            if run.error:
+                click.echo(f"error: {run.error}")
+            if run.status == "failed":
+                sys.exit(1)
+            return
+        time.sleep(1)
+    raise click.ClickException(f"run {run_id} still not finished after {timeout}s")

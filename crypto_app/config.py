@@ -128,6 +128,14 @@ class Settings:
     sources: dict = field(default_factory=dict)
 
     @property
+    def libpq_url(self) -> str | None:
+        """DATABASE_URL as psycopg2/libpq take it (no SQLAlchemy driver suffix)."""
+        if not self.database_url:
+            return None
+        scheme, _, rest = self.database_url.partition("://")
+        return ("postgresql" if scheme.startswith("postgres") else scheme) + "://" + rest
+
+    @property
     def enabled_sources(self) -> tuple[str, ...]:
         return tuple(name for name, s in self.sources.items() if s.enabled)
 

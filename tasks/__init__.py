@@ -35,3 +35,12 @@ celery_app = celery_init_app(flask_app)
 app = celery_app
 
 from . import ingest  # noqa: E402,F401  (register the tasks)
+
+
+@signals.beat_init.connect
+def _ingest_on_start(sender=None, **_kwargs):
+    """Beat's first interval would leave a fresh install empty for minutes: queue every source now."""
+    from crypto_app.celery_settings import INGEST_TASK
+
+    for name in flask_app.config["SETTINGS"].enabled_sources:
+        sender.app.send_task(INGEST_TASK, kwargs={"source": name, "trigger": "schedule"})

@@ -1,0 +1,52 @@
+"""While a run works, a background thread keeps its lock alive and its heartbeat fresh.
+
+The lock expires `ttl` seconds after the last renewal, so a run whose worker dies frees its source
+by itself; the reaper fails a run whose heartbeat stopped (crypto_app.pipeline.reaper).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import psycopg2
+import redis as redis_lib
+
+from ..coordination import SourceLock
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    def __init__(self, dsn: str, lock: SourceLock, run_id: str, ttl: float, interval: float | None = None):
+        self.dsn = dsn
+        self.lock = lock
+        self.run_id = str(run_id)
+        self.ttl = ttl
+        self.interval = interval or max(1.0, min(15.0, ttl / 4))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{self.run_id[:8]}", daemon=True)
+        self.lost = False
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if not self.lock.renew(self.run_id, self.ttl):
+                    self.lost = True
+                    log.error("run lost its lock", extra={"run_id": self.run_id, "source": self.lock.source})
+            except redis_lib.RedisError as exc:
+                log.warning("lock renewal failed", extra={"run_id": self.run_id, "error": str(exc)})
+            try:
+                with psycopg2.connect(self.dsn, connect_timeout=5) as conn, conn.cursor() as cur:
+                    cur.execute("UPDATE etl_runs SET heartbeat_at = now() WHERE id = %s AND status = 'running'",
+                                (self.run_id,))
+                conn.close()
+            except psycopg2.Error as exc:
+                log.warning("heartbeat write failed", extra={"run_id": self.run_id, "error": str(exc)})

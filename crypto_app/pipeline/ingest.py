@@ -1,0 +1,207 @@
+"""One ingestion run of one source: fetch batches, validate, resolve identity, load, checkpoint.
+
+The Celery task (tasks/ingest.py) and the CLI (crypto_app/cli.py) both call `IngestionRun.execute`.
+It resumes from the source's checkpoint when the previous attempt did not finish, and raises:
+- RateLimitWait: the shared bucket has no token for longer than we are willing to sleep; the caller
+  retries later with a countdown (the task) or sleeps (the CLI). Progress so far is committed.
+- TransientSourceError: the caller retries with backoff; progress so far is committed.
+- PermanentSourceError: the run is failed by the caller; retrying will not help.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from ..coordination import RateLimiter
+from ..sources import build_source
+from ..sources.base import Batch
+from .drift import detect_drift, observe
+from .identity import IdentityError, IdentityResolver, load_overrides
+from .load import LoadBatch, load_batch
+from .validate import validate_record
+
+log = logging.getLogger(__name__)
+
+
+class RateLimitWait(Exception):
+    def __init__(self, seconds: float):
+        super().__init__(f"rate limit: next token in {seconds:.2f}s")
+        self.seconds = seconds
+
+
+@dataclass
+class RunOutcome:
+    status: str
+    fetched: int = 0
+    loaded: int = 0
+    rejected: int = 0
+    pages: int = 0
+    stats: dict = field(default_factory=dict)
+    schema_drift: dict | None = None
+
+
+def make_throttle(limiter: RateLimiter | None, max_sleep: float, stats: dict):
+    """Before each upstream request: take a token, sleeping for short waits, raising for long ones."""
+
+    def throttle() -> None:
+        if limiter is None:
+            return
+        while True:
+            wait = limiter.try_acquire()
+            if wait <= 0:
+                return
+            stats["rate_limit_waits"] = stats.get("rate_limit_waits", 0) + 1
+            if wait > max_sleep:
+                raise RateLimitWait(wait)
+            stats["rate_limit_wait_seconds"] = round(stats.get("rate_limit_wait_seconds", 0.0) + wait, 3)
+            time.sleep(wait)
+
+    return throttle
+
+
+class IngestionRun:
+    """Executes (or resumes) run `run_id` of `source_name`."""
+
+    def __init__(self, run_id: str, source_name: str, settings, conn, identity_conn, redis=None,
+                 max_sleep: float | None = None, options: dict | None = None, progress=None):
+        self.run_id = str(run_id)
+        self.source_name = source_name
+        self.settings = settings
+        self.conn = conn                      # psycopg2 connection for batch transactions
+        self.identity_conn = identity_conn    # autocommit connection for asset creation
+        self.redis = redis
+        self.max_sleep = settings.rate_limit_max_sleep_seconds if max_sleep is None else max_sleep
+        self.options = options or {}
+        self.progress = progress or (lambda batch, counts: None)
+
+    def execute(self) -> RunOutcome:
+        stats, totals = self._load_run_state()
+        http_status = Counter(stats.get("http_status", {}))
+        source_settings = self.settings.sources[self.source_name]
+        limiter = None
+        if self.redis is not None:
+            limiter = RateLimiter(self.redis, self.source_name, source_settings.rate_per_minute, source_settings.burst)
+        source = build_source(self.source_name, self.settings,
+                              on_http_status=lambda status: http_status.update([str(status)]), **self.options)
+        if source.rate_limited:
+            source.throttle = make_throttle(limiter, self.max_sleep, stats)
+
+        saved = self._checkpoint()
+        position = saved.get("position") or {}
+        if saved.get("complete") and not source.cursor_persists:
+            position = {}
+        previous_fields = saved.get("fields")
+        seen_types: dict[str, str] = dict(saved.get("fields_this_run") or {}) if not saved.get("complete") else {}
+        resolver = IdentityResolver(self.identity_conn, self.source_name, load_overrides(self.settings.csv_data_dir))
+        newest = saved.get("newest_observed_at")
+
+        try:
+            for batch in source.batches(position):
+                rows, rejections = self._transform(source, resolver, batch)
+                observe(seen_types, batch.records)
+                counts = {"fetched": len(batch.records) + len(batch.invalid), "loaded": len(rows),
+                          "rejected": len(rejections), "pages": 1}
+                for key in ("fetched", "loaded", "rejected", "pages"):
+                    totals[key] += counts[key]
+                stats["http_status"] = dict(http_status)
+                batch_newest = max((r["observed_at"] for r in rows), default=None)
+                if batch_newest and (newest is None or batch_newest.isoformat() > newest):
+                    newest = batch_newest.isoformat()
+                checkpoint = {"position": batch.next_cursor, "run_id": self.run_id, "complete": False,
+                              "newest_observed_at": newest, "fields": previous_fields,
+                              "fields_this_run": seen_types}
+                result = load_batch(self.conn, LoadBatch(
+                    run_id=self.run_id, source=self.source_name, rows=rows, content_hash=batch.content_hash,
+                    locator=batch.locator, fetched_at=batch.fetched_at, raw_body=batch.raw,
+                    record_count=len(batch.records), rejections=rejections, checkpoint=checkpoint,
+                    run_counters=counts, run_stats=stats))
+                for key in ("inserted", "updated", "unchanged"):
+                    stats[key] = stats.get(key, 0) + getattr(result, key)
+                self.progress(batch, counts)
+                log.info("batch loaded", extra={"run_id": self.run_id, "source": self.source_name,
+                                                "locator": batch.locator, **counts,
+                                                "inserted": result.inserted, "updated": result.updated})
+        finally:
+            stats["http_status"] = dict(http_status)
+
+        drift = detect_drift(previous_fields, seen_types)
+        if drift:
+            log.warning("schema drift", extra={"run_id": self.run_id, "source": self.source_name, "drift": drift})
+        self._finish_checkpoint(seen_types or previous_fields, newest)
+        share = totals["rejected"] / totals["fetched"] if totals["fetched"] else 0.0
+        status = "partial" if share > self.settings.reject_share_partial else "succeeded"
+        return RunOutcome(status=status, stats=stats, schema_drift=drift, **totals)
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def _transform(self, source, resolver: IdentityResolver, batch: Batch):
+        rows, rejections = [], []
+        for raw, reason in batch.invalid:
+            rejections.append((reason, {"_record": [reason]}, raw, batch.locator))
+        for record in batch.records:
+            try:
+                normalized = source.normalize(record)
+            except Exception as exc:  # a mapping bug must quarantine the record, not kill the run
+                rejections.append((f"could not normalize: {exc.__class__.__name__}: {exc}",
+                                   {"_record": [str(exc)]}, record, batch.locator))
+                continue
+            clean, errors = validate_record(normalized)
+            if errors:
+                reason = "invalid fields: " + ", ".join(sorted(errors))
+                rejections.append((reason, errors, record, batch.locator))
+                continue
+            try:
+                clean["asset_id"] = resolver.resolve(clean)
+            except IdentityError as exc:
+                rejections.append((str(exc), {"symbol": [str(exc)]}, record, batch.locator))
+                continue
+            rows.append(clean)
+        return rows, rejections
+
+    def _load_run_state(self) -> tuple[dict, dict]:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT stats, fetched, loaded, rejected, pages FROM etl_runs WHERE id = %s", (self.run_id,))
+            row = cur.fetchone()
+        self.conn.commit()
+        if row is None:
+            raise LookupError(f"run {self.run_id} does not exist")
+        stats, fetched, loaded, rejected, pages = row
+        return dict(stats or {}), {"fetched": fetched, "loaded": loaded, "rejected": rejected, "pages": pages}
+
+    def _checkpoint(self) -> dict:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT cursor FROM checkpoints WHERE source = %s", (self.source_name,))
+            row = cur.fetchone()
+        self.conn.commit()
+        return dict(row[0]) if row and row[0] else {}
+
+    def _finish_checkpoint(self, fields, newest) -> None:
+        """Mark the crawl complete (also when the source had nothing new to yield)."""
+        with self.conn.cursor() as cur:
+            cur.execute("INSERT INTO checkpoints (source, cursor, run_id) VALUES (%s, '{}'::jsonb, %s) "
+                        "ON CONFLICT (source) DO NOTHING", (self.source_name, self.run_id))
+            cur.execute("UPDATE checkpoints SET cursor = (cursor - 'fields_this_run') || jsonb_build_object("
+                        "'complete', true, 'fields', %s::jsonb, 'newest_observed_at', %s::text, 'run_id', %s::text), "
+                        "run_id = %s, updated_at = now() WHERE source = %s",
+                        (json.dumps(fields), newest, self.run_id, self.run_id, self.source_name))
+        self.conn.commit()
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def backoff_seconds(failures: int, retry_after: float | None, maximum: float = 600.0) -> float:
+    """Exponential backoff with full jitter; an upstream's Retry-After wins when it is longer."""
+    import random
+
+    ceiling = min(maximum, 2.0 ** max(failures, 1))
+    delay = random.uniform(ceiling / 2, ceiling)
+    if retry_after:
+        delay = max(delay, float(retry_after) + random.uniform(0, 1))
+    return math.ceil(min(delay, max(maximum, float(retry_after or 0)) + 1))

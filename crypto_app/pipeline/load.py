@@ -1,0 +1,156 @@
+"""Loading one batch: quotes, latest quotes, raw payload, rejections, checkpoint and run counters,
+all in ONE transaction, so a crash between rows and checkpoint cannot duplicate or lose anything.
+
+Quotes go through COPY into a temporary staging table and one set-based upsert:
+- a quote is unique on (asset, source, observed_at); replaying the same payload changes nothing
+  (the update only fires when a value differs);
+- the latest quote per (asset, source) only moves forward in time: an older observation never
+  overwrites a newer one;
+- duplicates inside a batch keep the last occurrence instead of failing the batch.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from psycopg2.extras import Json, execute_values
+
+from ..models.quotes import QUOTE_VALUE_COLUMNS
+
+ROW_COLUMNS = ("asset_id",) + QUOTE_VALUE_COLUMNS + ("observed_at", "fetched_at", "run_id", "payload_hash")
+_COLS = ", ".join(ROW_COLUMNS)
+_VALUES_CHANGED = "({t}) IS DISTINCT FROM ({e})".format(
+    t=", ".join(f"%(table)s.{c}" for c in QUOTE_VALUE_COLUMNS),
+    e=", ".join(f"EXCLUDED.{c}" for c in QUOTE_VALUE_COLUMNS))
+_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in QUOTE_VALUE_COLUMNS + ("observed_at", "fetched_at", "run_id",
+                                                                        "payload_hash"))
+
+_STAGE = f"""
+CREATE TEMP TABLE IF NOT EXISTS stage_quotes (
+    asset_id bigint, {", ".join(f"{c} {'integer' if c == 'market_cap_rank' else 'numeric'}" for c in QUOTE_VALUE_COLUMNS)},
+    observed_at timestamptz, fetched_at timestamptz, run_id uuid, payload_hash text
+) ON COMMIT DELETE ROWS
+"""
+
+_UPSERT_QUOTES = f"""
+WITH written AS (
+    INSERT INTO quotes (source, {_COLS})
+    SELECT %(source)s, {_COLS} FROM stage_quotes
+    ON CONFLICT (asset_id, source, observed_at) DO UPDATE SET {_SET}
+    WHERE {_VALUES_CHANGED % {"table": "quotes"}}
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
+"""
+
+_UPSERT_LATEST = f"""
+INSERT INTO latest_quotes (source, {_COLS})
+SELECT DISTINCT ON (asset_id) %(source)s, {_COLS} FROM stage_quotes ORDER BY asset_id, observed_at DESC
+ON CONFLICT (asset_id, source) DO UPDATE SET {_SET}
+WHERE latest_quotes.observed_at < EXCLUDED.observed_at
+   OR (latest_quotes.observed_at = EXCLUDED.observed_at AND {_VALUES_CHANGED % {"table": "latest_quotes"}})
+"""
+
+
+@dataclass
+class BatchResult:
+    staged: int = 0
+    inserted: int = 0
+    updated: int = 0
+    newest_observed_at: datetime | None = None
+
+    @property
+    def unchanged(self) -> int:
+        return self.staged - self.inserted - self.updated
+
+
+@dataclass
+class LoadBatch:
+    """Everything one transaction writes."""
+
+    run_id: str
+    source: str
+    rows: list[dict]                     # validated records with "asset_id"
+    content_hash: str
+    locator: dict
+    fetched_at: datetime
+    raw_body: object = None
+    record_count: int = 0
+    rejections: list[tuple[str, dict, object, dict]] = field(default_factory=list)  # (reason, errors, record, locator)
+    checkpoint: dict | None = None
+    run_counters: dict = field(default_factory=dict)   # fetched/loaded/rejected/pages increments
+    run_stats: dict | None = None                       # replaces etl_runs.stats
+
+
+def _copy_text(value) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def load_batch(conn, batch: LoadBatch) -> BatchResult:
+    """Write one batch in one transaction on `conn` (psycopg2, not autocommit). Commits."""
+    result = BatchResult()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO raw_payloads (run_id, source, locator, content_hash, fetched_at, record_count, body) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        (batch.run_id, batch.source, Json(batch.locator), batch.content_hash, batch.fetched_at,
+                         batch.record_count, Json(batch.raw_body) if batch.raw_body is not None else None))
+            if batch.rejections:
+                execute_values(cur, "INSERT INTO rejected_records (run_id, source, reason, errors, record, locator) VALUES %s",
+                               [(batch.run_id, batch.source, reason, Json(errors), Json(_jsonable(record)), Json(locator))
+                                for reason, errors, record, locator in batch.rejections])
+            rows = _dedupe(batch.rows)
+            if rows:
+                result = _upsert_quotes(cur, batch, rows)
+            if batch.checkpoint is not None:
+                cur.execute("INSERT INTO checkpoints (source, cursor, run_id, updated_at) VALUES (%s, %s, %s, now()) "
+                            "ON CONFLICT (source) DO UPDATE SET cursor = EXCLUDED.cursor, run_id = EXCLUDED.run_id, "
+                            "updated_at = now()", (batch.source, Json(batch.checkpoint), batch.run_id))
+            c = batch.run_counters
+            cur.execute("UPDATE etl_runs SET fetched = fetched + %s, loaded = loaded + %s, rejected = rejected + %s, "
+                        "pages = pages + %s, heartbeat_at = now(), checkpoint_after = %s, "
+                        "stats = COALESCE(%s, stats) WHERE id = %s",
+                        (c.get("fetched", 0), c.get("loaded", 0), c.get("rejected", 0), c.get("pages", 0),
+                         Json(batch.checkpoint) if batch.checkpoint is not None else None,
+                         Json(batch.run_stats) if batch.run_stats is not None else None, batch.run_id))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return result
+
+
+def _dedupe(rows: list[dict]) -> list[dict]:
+    """Keep the last record per (asset, observed_at): one bad duplicate must not fail the batch."""
+    unique = {}
+    for row in rows:
+        unique[(row["asset_id"], row["observed_at"])] = row
+    return list(unique.values())
+
+
+def _upsert_quotes(cur, batch: LoadBatch, rows: list[dict]) -> BatchResult:
+    cur.execute(_STAGE)
+    buffer = io.StringIO()
+    for row in rows:
+        values = [row["asset_id"]] + [row.get(c) for c in QUOTE_VALUE_COLUMNS] + [
+            row["observed_at"], batch.fetched_at, batch.run_id, batch.content_hash]
+        buffer.write("\t".join(_copy_text(v) for v in values))
+        buffer.write("\n")
+    buffer.seek(0)
+    cur.copy_expert(f"COPY stage_quotes ({_COLS}) FROM STDIN", buffer)
+    cur.execute(_UPSERT_QUOTES, {"source": batch.source})
+    inserted, updated = cur.fetchone()
+    cur.execute(_UPSERT_LATEST, {"source": batch.source})
+    return BatchResult(staged=len(rows), inserted=inserted, updated=updated,
+                       newest_observed_at=max(row["observed_at"] for row in rows))
+
+
+def _jsonable(record):
+    """Raw records may hold Decimals or datetimes after parsing; store them as text."""
+    return json.loads(json.dumps(record, default=str)) if record is not None else None
