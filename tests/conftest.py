@@ -7,6 +7,7 @@ Where the servers come from:
 The test database is dropped and migrated afresh once per session; every test starts from empty tables.
 """
 from __future__ import annotations
+pytest_plugins = ["fake_upstream"]
 
 import os
 import subprocess
