@@ -3,7 +3,9 @@
 Used by `make run` and `make test` when `DATABASE_URL` / `REDIS_URL` are not set. Both keep their data
 under `var/`, so it survives a restart. With the URLs set, nothing here starts.
 
-    python -m crypto_app.embedded exec -- CMD ...   start what is missing, run CMD with the URLs set, stop
+    python -m crypto_app.embedded exec [--stop-after] -- CMD ...
+                                                    start what is missing, run CMD with the URLs set
+                                                    (--stop-after: stop what was started when CMD ends)
     python -m crypto_app.embedded env               start what is missing, print the URLs as shell exports
     python -m crypto_app.embedded stop              stop the embedded servers
 """
@@ -151,7 +153,7 @@ def stop(started: list[str]) -> None:
         stop_postgres()
 
 
-def _exec(command: list[str]) -> int:
+def _exec(command: list[str], stop_after: bool) -> int:
     env = dict(os.environ)
     started = ensure_environment(env)
     child = subprocess.Popen(command, env=env)
@@ -167,7 +169,8 @@ def _exec(command: list[str]) -> int:
     try:
         return child.wait()
     finally:
-        stop(started)
+        if stop_after:
+            stop(started)
 
 
 def main(argv: list[str]) -> int:
@@ -176,12 +179,15 @@ def main(argv: list[str]) -> int:
         return 2
     if argv[0] == "exec":
         command = argv[1:]
+        stop_after = bool(command) and command[0] == "--stop-after"
+        if stop_after:
+            command = command[1:]
         if command and command[0] == "--":
             command = command[1:]
         if not command:
             print("usage: python -m crypto_app.embedded exec -- CMD ...", file=sys.stderr)
             return 2
-        return _exec(command)
+        return _exec(command, stop_after)
     if argv[0] == "env":
         env = dict(os.environ)
         ensure_environment(env)

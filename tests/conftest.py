@@ -77,8 +77,10 @@ def test_env() -> dict:
         "COINGECKO_BASE_URL": "http://127.0.0.1:9/api/v3",   # nothing listens: tests never reach the internet
         "COINPAPRIKA_BASE_URL": "http://127.0.0.1:9/v1",
     })
-    subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi:app", "db", "upgrade"], cwd=ROOT, env=env,
-                   check=True, timeout=120, capture_output=True)
+    migrated = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi:app", "db", "upgrade"], cwd=ROOT,
+                              env=env, timeout=120, capture_output=True, text=True)
+    if migrated.returncode:
+        pytest.exit(f"flask db upgrade failed:\n{migrated.stderr[-3000:]}", returncode=3)
     return env
 
 
@@ -147,3 +149,75 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, message: s
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+# --- real Celery workers --------------------------------------------------------------------------
+
+class WorkerProcess:
+    """A `celery -A tasks worker` subprocess; stopped (TERM, then KILL) at teardown."""
+
+    def __init__(self, env: dict, name: str, concurrency: int, log_path: Path):
+        import socket
+
+        self.name = f"{name}@{socket.gethostname()}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool=prefork",
+             f"--concurrency={concurrency}", "--loglevel=INFO", f"--hostname={self.name}",
+             "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, timeout=5)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 20.0) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+@pytest.fixture
+def celery_probe(test_env):
+    from celery import Celery
+
+    probe = Celery("probe")
+    probe.conf.update(broker_url=test_env["REDIS_URL"], broker_connection_timeout=5,
+                      broker_connection_retry_on_startup=True)
+    yield probe
+    probe.close()
+
+
+@pytest.fixture
+def worker(test_env, tmp_path, celery_probe):
+    """Start real Celery workers: `worker(concurrency=1, env={...})` returns a running WorkerProcess."""
+    started: list[WorkerProcess] = []
+
+    def start(concurrency: int = 1, env: dict | None = None, name: str | None = None) -> WorkerProcess:
+        name = name or f"w{len(started) + 1}"
+        proc = WorkerProcess({**test_env, **(env or {})}, name, concurrency, tmp_path / f"{name}.log")
+        started.append(proc)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.proc.poll() is not None:
+                pytest.fail(f"worker {name} exited: {proc.log_tail()}")
+            if celery_probe.control.ping(destination=[proc.name], timeout=0.5):
+                return proc
+        pytest.fail(f"worker {name} did not answer a ping within 60s: {proc.log_tail()}")
+
+    yield start
+    for proc in started:
+        proc.stop()
