@@ -1,0 +1,229 @@
+"""CSV files under CSV_DATA_DIR: streamed in byte-addressed chunks, resumable, formats detected.
+
+Cursor: {"files": {rel_path: {"size", "offset", "prefix_sha256", "rows", "done"}}} where
+prefix_sha256 is the sha256 of the file's first `offset` bytes. An unchanged finished file is
+skipped, a grown or unfinished one whose prefix still matches resumes at `offset`, anything else is
+read again from the start. Offsets always fall on record boundaries.
+
+Records are {header cell: raw string} plus "_line" (1-based line of the record) and "_file" (path
+relative to the data dir); `normalize` rebuilds the column mapping from those keys alone.
+"""
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+from .base import CANONICAL_FIELDS, Batch, PermanentSourceError, Source
+from .csv_formats import (HASH_BLOCK, HEADER_SEARCH_LINES, RAW_CHARS, FileFormat, LineFeed, decode_line, describe,
+                          identity, max_cells, read_header)
+
+log = logging.getLogger(__name__)
+
+
+class CsvSource(Source):
+    """Every *.csv under CSV_DATA_DIR (or the `files` option), in chunks of CSV_CHUNK_ROWS records."""
+
+    name = "csv"
+    rate_limited = False
+    cursor_persists = True          # the per-file cursor outlives a completed run: unchanged files are skipped
+
+    # -- files ------------------------------------------------------------------------------------
+
+    def _root(self) -> Path:
+        root = Path(self.settings.csv_data_dir)
+        if not root.is_dir():
+            raise PermanentSourceError(f"CSV data directory {root} does not exist")
+        return root.resolve()
+
+    def _files(self, root: Path) -> list[tuple[str, Path]]:
+        wanted = self.options.get("files")
+        if wanted is None:
+            found = []
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames.sort()
+                for filename in filenames:
+                    path = Path(dirpath) / filename
+                    if not filename.lower().endswith(".csv"):
+                        continue
+                    if not path.resolve().is_relative_to(root):
+                        log.warning("csv file outside data dir skipped", extra={"source": self.name, "file": str(path)})
+                        continue
+                    if path.is_file():
+                        found.append((path.relative_to(root).as_posix(), path))
+            return sorted(found)
+        if isinstance(wanted, (str, os.PathLike)):
+            wanted = [wanted]
+        out = {}
+        for item in wanted:
+            given = Path(item)
+            candidate = given if given.is_absolute() else root / given
+            resolved = candidate.resolve()
+            if not resolved.is_relative_to(root):
+                raise PermanentSourceError(f"{item}: outside the CSV data directory {root}; refusing to read it")
+            if not resolved.is_file():
+                raise PermanentSourceError(f"{item}: no such file in the CSV data directory {root}")
+            lexical = Path(os.path.normpath(candidate))
+            rel = lexical.relative_to(root) if lexical.is_relative_to(root) else resolved.relative_to(root)
+            out[rel.as_posix()] = resolved
+        return sorted(out.items())
+
+    # -- batches ----------------------------------------------------------------------------------
+
+    def batches(self, cursor: dict) -> Iterator[Batch]:
+        root = self._root()
+        files = self._files(root)
+        state = {"files": _valid_entries((cursor or {}).get("files"))}
+        if self.options.get("files") is None:   # a full scan forgets files that are gone
+            present = {rel for rel, _ in files}
+            state["files"] = {k: v for k, v in state["files"].items() if k in present}
+        pending = None
+        for rel, path in files:
+            for batch in self._file_batches(rel, path, state):
+                if pending is not None:
+                    yield pending
+                pending = batch
+        if pending is not None:
+            pending.done = True
+            yield pending
+
+    def _file_batches(self, rel: str, path: Path, state: dict) -> Iterator[Batch]:
+        try:
+            fh = open(path, "rb")
+        except OSError as exc:
+            raise PermanentSourceError(f"{rel}: cannot open: {exc}") from None
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            header = read_header(fh)
+            start, line_no, rows, file_hash = self._resume_point(fh, size, state["files"].get(rel))
+            if start is None:
+                return                       # unchanged since it was read completely
+            fh.seek(start)
+            feed = LineFeed(fh, start, line_no, file_hash)
+            if header is None:
+                yield from self._unreadable(rel, fh, feed, size, state)
+                return
+            first_line = feed.line_no
+            feed.skip_to(header.end)
+            yield from self._records(rel, describe(header.columns, rel), header.delimiter, feed,
+                                     start, first_line, rows, size, state)
+
+    def _resume_point(self, fh, size: int, entry: dict | None):
+        """(start offset, line number there, rows so far, hash of the bytes before it); start None: skip."""
+        if entry and entry["offset"] <= size:
+            prefix, newlines = hashlib.sha256(), 0
+            fh.seek(0)
+            remaining = entry["offset"]
+            while remaining:
+                block = fh.read(min(HASH_BLOCK, remaining))
+                if not block:
+                    break
+                prefix.update(block)
+                newlines += block.count(b"\n")
+                remaining -= len(block)
+            if not remaining and prefix.hexdigest() == entry["prefix_sha256"]:
+                if entry["done"] and entry["offset"] == size:
+                    return None, 0, 0, None
+                return entry["offset"], newlines + 1, entry["rows"], prefix
+        return 0, 1, 0, hashlib.sha256()
+
+    def _records(self, rel, fmt: FileFormat, delimiter, feed: LineFeed, start, first_line, rows, size, state):
+        columns, width = fmt.columns, len(fmt.columns)
+        limit, chunk_rows = max_cells(width), self.settings.csv_chunk_rows
+        not_usd = fmt.not_usd_reason
+        records, invalid = [], []
+        reader = csv.reader(feed.lines(), delimiter=delimiter)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                invalid.extend(feed.bad)
+                feed.bad.clear()
+                lines = f"lines {feed.record_line}-{feed.line_no - 1}"   # an open quote can swallow several
+                invalid.append(({"_line": feed.record_line, "raw": feed.record_head}, f"unparseable CSV row ({lines}): {exc}"))
+                feed.end_record()
+                row = None
+            if feed.bad:
+                invalid.extend(feed.bad)
+                feed.bad.clear()
+            if row is not None:
+                line, head = feed.record_line, feed.record_head
+                feed.end_record()
+                if not row or not any(cell.strip() for cell in row):
+                    continue                # blank line
+                if len(row) > limit:
+                    invalid.append(({"_line": line, "raw": head}, f"{len(row)} cells on a row under a {width}-column header"))
+                elif not_usd:
+                    invalid.append(({"_line": line, "raw": head}, not_usd))
+                else:
+                    record = dict(zip(columns, row))
+                    if len(row) < width:
+                        record.update(dict.fromkeys(columns[len(row):]))
+                    record["_line"], record["_file"] = line, rel
+                    records.append(record)
+            if len(records) + len(invalid) >= chunk_rows:
+                rows += len(records)
+                yield self._batch(rel, feed, start, first_line, records, invalid, rows, size, state, last=False)
+                start, first_line, records, invalid = feed.pos, feed.line_no, [], []
+        invalid.extend(feed.bad)
+        feed.bad.clear()
+        rows += len(records)
+        yield self._batch(rel, feed, start, first_line, records, invalid, rows, size, state, last=True)
+
+    def _unreadable(self, rel, fh, feed: LineFeed, size, state):
+        """No header found: one quarantined entry for the file, read (hashed) to the end so it is not retried."""
+        start, first_line = feed.pos, feed.line_no
+        fh.seek(0)
+        first = fh.readline(RAW_CHARS * 4)
+        fh.seek(start)
+        reason = f"no header row naming a date or price column in the first {HEADER_SEARCH_LINES} lines"
+        if first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            reason = "UTF-16 encoded file: save it as UTF-8"
+        invalid = [({"_line": 1, "raw": decode_line(first)[0].replace("\x00", "")[:RAW_CHARS]}, reason)] if size else []
+        while block := fh.read(HASH_BLOCK):
+            feed.file_hash.update(block)
+            feed.chunk_hash.update(block)
+            feed.pos += len(block)
+            feed.line_no += block.count(b"\n")
+        yield self._batch(rel, feed, start, first_line, [], invalid if start == 0 else [], 0, size, state, last=True)
+
+    def _batch(self, rel, feed: LineFeed, start, first_line, records, invalid, rows, size, state, last) -> Batch:
+        end = feed.pos
+        state["files"][rel] = {"size": max(size, end), "offset": end, "prefix_sha256": feed.file_hash.hexdigest(),
+                               "rows": rows, "done": last}
+        encoding = "+".join(["utf-8", *sorted(feed.encodings)])
+        batch = Batch(records=records, invalid=invalid, raw=None, content_hash=feed.chunk_hash.hexdigest(),
+                      locator={"file": rel, "start": start, "end": end, "first_line": first_line, "encoding": encoding},
+                      next_cursor={"files": {k: dict(v) for k, v in state["files"].items()}})
+        feed.new_chunk()
+        return batch
+
+    # -- normalize --------------------------------------------------------------------------------
+
+    def normalize(self, record: dict) -> dict:
+        columns = tuple(k for k in record if not k.startswith("_"))
+        fmt = describe(columns, record.get("_file") or "")
+        out = dict.fromkeys(CANONICAL_FIELDS)
+        for field, column in fmt.fields.items():
+            out[field] = record.get(column)
+        out.update(identity(record, fmt))
+        return out
+
+
+def _valid_entries(files) -> dict:
+    """The well-formed entries of a stored cursor; anything else is read again from the start."""
+    out = {}
+    for rel, entry in (files or {}).items() if isinstance(files, dict) else ():
+        try:
+            out[rel] = {"size": int(entry["size"]), "offset": int(entry["offset"]),
+                        "prefix_sha256": str(entry["prefix_sha256"]), "rows": int(entry["rows"]),
+                        "done": bool(entry["done"])}
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
