@@ -2,7 +2,32 @@
 
 
 def register_api(app, api):
-    from . import errors, health
+    from . import assets, auth, compat, context, data, errors, health, metrics, runs, stats
 
+    context.register(app)
     errors.register(app)
-    api.register_blueprint(health.blp)
+    errors.use_error_schema_in_docs(api)
+    auth.register_security_scheme(api)
+    metrics.init_http_metrics(app)
+    api.spec.options["info"] = {"description": API_DESCRIPTION}
+    for module in (data, assets, stats, runs, health, metrics, compat):
+        api.register_blueprint(module.blp)
+
+
+API_DESCRIPTION = """\
+Crypto market data gathered from several sources, normalized, and served read-only; plus the
+operations to trigger and inspect ingestion runs.
+
+* **Money and supplies** are exact decimals serialized as JSON strings in plain notation
+  (`"87440.12345678"`), never floats. The legacy `/data` route also carries the old float fields
+  (`current_price`, `market_cap`) for the clients of the system it replaces.
+* **Errors** always have the shape `{status, error, message, details, request_id}`. Send an
+  `X-Request-ID` header to choose the id; it is echoed on every response.
+* **Paging**: `page`/`page_size` (max 100) or `limit`/`offset`, or the opaque keyset `cursor` from
+  `metadata.next_cursor`. `total_count` is exact up to 10,000 matching rows, an estimate beyond
+  (`total_count_exact` says which).
+* **Health**: `GET /health` answers 200 when `status` is `healthy` or `degraded` (broker down, no
+  worker answering, or a stale source: data is still served) and 503 when `unhealthy` (database
+  unreachable).
+* **Triggering runs** needs `Authorization: Bearer <API_TOKEN>`, on the legacy routes too.
+"""

@@ -1,0 +1,35 @@
+"""Per-request context: the request id (kept from X-Request-ID or made up), timing, the access log line."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import g, request
+
+log = logging.getLogger("crypto_app.api.access")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def register(app) -> None:
+    @app.before_request
+    def _start():
+        g.request_started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        # keep a caller's id when it is a plain token; anything else (spaces, newlines...) is replaced
+        g.request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def _finish(response):
+        request_id = getattr(g, "request_id", None)
+        if request_id:
+            response.headers["X-Request-ID"] = request_id
+        started = getattr(g, "request_started", None)
+        duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+        log.info("request", extra={
+            "request_id": request_id, "method": request.method, "path": request.path,
+            "status": response.status_code, "duration_ms": duration_ms,
+            "remote_addr": request.remote_addr,
+        })
+        return response
