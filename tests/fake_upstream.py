@@ -171,6 +171,7 @@ class FakeUpstream:
         self._scripts: list[tuple[str, dict, deque]] = []
         self._renames: list[tuple[str, str]] = []
         self._empty_pages: set[int] = set()
+        self.latency = 0.0               # seconds added to every unscripted response (slow upstream)
         self.set_coins(coins)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
@@ -320,7 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         fake._record(split.path, query, {k.lower(): v for k, v in self.headers.items()})
-        response = fake._scripted(split.path, query) or fake._route(split.path, query)
+        response = fake._scripted(split.path, query) or {**fake._route(split.path, query), "delay": fake.latency}
         delay = float(response.get("delay") or 0)
         if delay and fake._stopping.wait(delay):
             return                      # shutting down: drop the connection
