@@ -3,7 +3,8 @@
 - HTTP metrics come from prometheus-flask-exporter. Under gunicorn with several workers
   PROMETHEUS_MULTIPROC_DIR is set (gunicorn.conf.py sets it) and the multiprocess-aware class
   aggregates every worker's samples, so any worker answers for all of them. Otherwise the plain class
-  with a registry of this app's own (so that several apps in one process do not collide).
+  with a registry of this app's own (so that several apps in one process do not collide); tests
+  (app.testing) always use the plain class.
 - ETL metrics are computed from the database at scrape time (see etl_metrics.py).
 """
 from __future__ import annotations
@@ -30,14 +31,18 @@ METRICS_DOC = {
 }
 
 
-def multiprocess_mode() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+def multiprocess_dir() -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR, created if missing (prometheus_client writes there whenever it is set)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+    return path
 
 
 def init_http_metrics(app) -> None:
     """Attach prometheus-flask-exporter's request metrics to `app` (without its own /metrics route)."""
     options = {"group_by": "url_rule", "defaults_prefix": "flask"}  # rules, not raw paths: bounded labels
-    if multiprocess_mode():
+    if multiprocess_dir() and not app.testing:
         from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
         http = GunicornPrometheusMetrics(app, **options)  # registers no route; we serve /metrics below

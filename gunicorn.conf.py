@@ -1,0 +1,46 @@
+"""gunicorn settings for the API: `gunicorn -c gunicorn.conf.py wsgi:app` (what the Procfile runs).
+
+- bind: 0.0.0.0:$PORT (default 8000); workers: $WEB_CONCURRENCY (default 2).
+- gthread workers: the master's heartbeat does not depend on requests, so a legacy `?sync=true`
+  trigger may wait (up to 300 s) without the worker being killed for it.
+- Prometheus: with several workers the HTTP metrics live in files under PROMETHEUS_MULTIPROC_DIR
+  (default var/prometheus), wiped when gunicorn starts; a worker that exits is marked dead so its
+  gauges disappear while its counters keep counting.
+"""
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from crypto_app.config import PROJECT_ROOT, load_settings  # noqa: E402  (fails early, naming a bad setting)
+
+_settings = load_settings()
+bind = f"0.0.0.0:{_settings.port}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
+graceful_timeout = 30
+keepalive = 5
+accesslog = None  # the app logs one JSON line per request, with its request id
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+if workers > 1:
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(PROJECT_ROOT / "var" / "prometheus"))
+
+
+def on_starting(server):
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for stale in Path(path).glob("*.db"):  # samples of a previous gunicorn: not ours to add up
+            stale.unlink()
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
