@@ -1,0 +1,190 @@
+"""Operations over HTTP: /health and probes, /api/v1/stats, /metrics, errors, request ids."""
+import logging
+import time
+from datetime import timedelta
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from crypto_app import create_app
+from crypto_app.api import health as health_module
+from crypto_app.config import load_settings
+
+import api_data as d
+
+
+def _app_with(test_env, **env):
+    return create_app({"TESTING": True}, settings=load_settings({**test_env, **env}))
+
+
+def _fresh_runs(db_conn, sources=("coingecko", "coinpaprika", "csv")):
+    for source in sources:
+        d.run(db_conn, source, finished_at=d.NOW - timedelta(seconds=30))
+
+
+def test_health_is_degraded_without_workers_and_lists_sources(client, db_conn):
+    d.run(db_conn, "coingecko", finished_at=d.NOW - timedelta(seconds=30))
+    d.run(db_conn, "csv", "failed", created_at=d.NOW)
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "degraded"
+    assert body["checks"]["database"]["status"] == "up" and body["checks"]["broker"]["status"] == "up"
+    assert body["checks"]["workers"] == {**body["checks"]["workers"], "status": "down", "count": 0}
+    assert "no worker answered the ping" in body["reasons"]
+    assert body["sources"]["coingecko"]["stale"] is False and body["sources"]["coingecko"]["last_success"]
+    assert body["sources"]["csv"]["stale"] is True and body["sources"]["csv"]["last_success"] is None
+    assert body["sources"]["csv"]["last_status"] == "failed"
+    assert "source csv is stale" in body["reasons"] and "source coinpaprika is stale" in body["reasons"]
+
+
+def test_health_is_healthy_when_everything_answers(client, db_conn, monkeypatch):
+    monkeypatch.setattr(health_module, "ping_workers", lambda timeout: ["worker@test"])
+    _fresh_runs(db_conn)
+    body = client.get("/health").get_json()
+    assert body["status"] == "healthy" and body["reasons"] == []
+    assert body["checks"]["workers"]["names"] == ["worker@test"]
+
+
+def test_a_source_is_stale_after_twice_its_schedule(client, db_conn, monkeypatch, settings):
+    monkeypatch.setattr(health_module, "ping_workers", lambda timeout: ["worker@test"])
+    _fresh_runs(db_conn, ("coingecko", "csv"))
+    schedule = settings.sources["coinpaprika"].schedule_seconds
+    d.run(db_conn, "coinpaprika", "partial", created_at=d.NOW - timedelta(seconds=2 * schedule + 60),
+          finished_at=d.NOW - timedelta(seconds=2 * schedule + 30))
+    body = client.get("/health").get_json()
+    assert body["status"] == "degraded" and body["reasons"] == ["source coinpaprika is stale"]
+    assert body["sources"]["coinpaprika"]["age_seconds"] >= 2 * schedule
+
+
+def test_health_with_the_broker_down_is_degraded_and_quick(test_env, db_conn):
+    _fresh_runs(db_conn)
+    client = _app_with(test_env, REDIS_URL="redis://127.0.0.1:1/0").test_client()
+    started = time.monotonic()
+    response = client.get("/health")
+    assert time.monotonic() - started < 5
+    body = response.get_json()
+    assert response.status_code == 200 and body["status"] == "degraded"
+    assert body["checks"]["broker"]["status"] == "down" and body["checks"]["workers"]["status"] == "unknown"
+
+
+def test_health_with_the_database_down_is_unhealthy_503(test_env):
+    client = _app_with(test_env, DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere").test_client()
+    started = time.monotonic()
+    response = client.get("/health")
+    assert response.status_code == 503 and response.get_json()["status"] == "unhealthy"
+    assert response.get_json()["checks"]["database"]["status"] == "down"
+    assert client.get("/health/ready").status_code == 503
+    assert client.get("/health/live").status_code == 200
+    data = client.get("/api/v1/data")
+    assert data.status_code == 503 and data.get_json()["details"] == {"component": "database"}
+    assert time.monotonic() - started < 15
+
+
+def test_readiness_checks_migrations(test_env, client):
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.get_json()["status"] == "ready"
+    ahead = _app_with(test_env)
+    ahead.extensions["cryptoflow_migration_heads"] = {"9999_from_the_future"}
+    response = ahead.test_client().get("/health/ready")
+    assert response.status_code == 503 and "migrations not applied" in response.get_json()["reason"]
+
+
+def test_stats_overall_and_by_source(client, db_conn):
+    d.run(db_conn, "coingecko", fetched=100, loaded=90, rejected=10, duration=2.0,
+          finished_at=d.NOW - timedelta(minutes=10))
+    d.run(db_conn, "coingecko", "failed", fetched=5, duration=4.0, error="429",
+          finished_at=d.NOW - timedelta(minutes=5))
+    d.run(db_conn, "csv", "partial", fetched=20, loaded=18, rejected=2, duration=6.0,
+          finished_at=d.NOW - timedelta(minutes=1))
+    d.run(db_conn, "csv", "running")
+    asset_id = d.asset(db_conn, "bitcoin", "BTC", "Bitcoin")
+    d.latest(db_conn, asset_id, "csv", "1", d.run(db_conn, "csv", "queued"))
+    body = client.get("/api/v1/stats").get_json()
+    assert body["total_runs"] == 5 and body["records_processed"] == 125
+    assert body["records_loaded"] == 108 and body["records_rejected"] == 12
+    assert body["average_duration_seconds"] == 4.0
+    assert body["runs_by_status"] == {"queued": 1, "running": 1, "succeeded": 1, "partial": 1, "failed": 1}
+    assert body["last_success"].startswith((d.NOW - timedelta(minutes=1)).isoformat()[:19])
+    assert body["last_failure"].startswith((d.NOW - timedelta(minutes=5)).isoformat()[:19])
+    cg = body["by_source"]["coingecko"]
+    assert (cg["total_runs"], cg["records_loaded"], cg["average_duration_seconds"]) == (2, 90, 3.0)
+    assert body["by_source"]["coinpaprika"]["total_runs"] == 0
+    assert body["by_source"]["csv"]["latest_quotes"] == 1 and body["data"]["latest_quotes"] == 1
+    assert client.get("/stats").get_json() == {**body, "data": client.get("/stats").get_json()["data"]}
+
+
+def _samples(text):
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_expose_etl_figures_from_the_database(client, db_conn):
+    d.run(db_conn, "coingecko", loaded=90, rejected=10, duration=2.5,
+          stats={"http_status": {"200": 4, "429": 2}, "rate_limit_waits": 3, "rate_limit_wait_seconds": 1.5},
+          finished_at=d.NOW - timedelta(seconds=100))
+    d.run(db_conn, "coingecko", "failed", duration=1.5, stats={"http_status": {"429": 1}, "rate_limit_waits": "x"})
+    d.run(db_conn, "csv", "running", loaded=5)
+    client.get("/api/v1/data")
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.content_type.startswith("text/plain; version=0.0.4")
+    text = response.get_data(as_text=True)
+    samples = _samples(text)
+    cg = (("source", "coingecko"),)
+    assert samples[("cryptoflow_etl_runs_total", cg + (("status", "succeeded"),))] == 1
+    assert samples[("cryptoflow_etl_runs_total", cg + (("status", "failed"),))] == 1
+    assert samples[("cryptoflow_etl_runs_total", (("source", "csv"), ("status", "succeeded")))] == 0
+    assert samples[("cryptoflow_etl_runs_in_progress", (("source", "csv"), ("status", "running")))] == 1
+    assert samples[("cryptoflow_etl_records_loaded_total", cg)] == 90
+    assert samples[("cryptoflow_etl_records_loaded_total", (("source", "csv"),))] == 5
+    assert samples[("cryptoflow_etl_records_rejected_total", cg)] == 10
+    assert samples[("cryptoflow_etl_run_duration_seconds_count", cg)] == 2
+    assert samples[("cryptoflow_etl_run_duration_seconds_sum", cg)] == 4.0
+    assert samples[("cryptoflow_upstream_http_responses_total", cg + (("status", "429"),))] == 3
+    assert samples[("cryptoflow_upstream_http_responses_total", cg + (("status", "200"),))] == 4
+    assert samples[("cryptoflow_rate_limit_waits_total", cg)] == 3  # the malformed "x" is ignored
+    assert samples[("cryptoflow_rate_limit_wait_seconds_total", cg)] == 1.5
+    assert 95 <= samples[("cryptoflow_source_freshness_seconds", cg)] < 200
+    assert ("cryptoflow_source_freshness_seconds", (("source", "csv"),)) not in samples  # never succeeded
+    assert samples[("cryptoflow_etl_metrics_up", ())] == 1
+    assert any(name == "flask_http_request_total" and value >= 1 for (name, _), value in samples.items())
+    assert any(name == "flask_http_request_duration_seconds_count" and ("url_rule", "/api/v1/data") in labels
+               for (name, labels) in samples)
+    alias = _samples(client.get("/api/v1/metrics").get_data(as_text=True))
+    assert alias[("cryptoflow_etl_records_loaded_total", cg)] == 90
+
+
+def test_errors_share_one_shape_and_echo_the_request_id(client, db_conn, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="crypto_app.api.access")
+    missing = client.get("/api/v1/nothing-here", headers={"X-Request-ID": "abc-123"})
+    assert missing.status_code == 404 and missing.headers["X-Request-ID"] == "abc-123"
+    assert missing.get_json() == {"status": 404, "error": "Not Found", "message": missing.get_json()["message"],
+                                  "details": {}, "request_id": "abc-123"}
+    wrong_method = client.delete("/api/v1/data")
+    assert wrong_method.status_code == 405 and "GET" in wrong_method.headers["Allow"]
+    assert wrong_method.get_json()["error"] == "Method Not Allowed"
+    line = [r for r in caplog.records if r.name == "crypto_app.api.access" and r.request_id == "abc-123"]
+    assert line and line[0].status == 404 and line[0].path == "/api/v1/nothing-here"
+    unsafe = client.get("/health/live", headers={"X-Request-ID": "<script>" + "x" * 200})
+    assert len(unsafe.headers["X-Request-ID"]) == 32 and "<" not in unsafe.headers["X-Request-ID"]
+
+    from crypto_app.api import stats
+
+    def broken():
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(stats, "compute_stats", broken)
+    crash = client.get("/api/v1/stats", headers={"X-Request-ID": "crash-1"})
+    assert crash.status_code == 500
+    assert crash.get_json()["request_id"] == "crash-1" and "kaboom" not in crash.get_data(as_text=True)
+
+
+def test_docs_pages_render(client):
+    for path in ("/docs", "/redoc"):
+        page = client.get(path)
+        assert page.status_code == 200 and "/openapi.json" in page.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path", ["/health/live", "/health/ready"])
+def test_probes(client, path):
+    assert client.get(path).status_code == 200
