@@ -113,7 +113,7 @@ def list_assets(args):
     rows = [dict(r) for r in db.session.execute(stmt.order_by(*order).offset(win.offset).limit(win.size + 1)).mappings()]
     for row in rows:
         row["sources"] = sorted(row["sources"] or [])
-    total, exact_count = bounded_count(stmt)
+    total, exact_count = bounded_count(stmt, None if args.get("symbol") or args.get("q") else "assets")
     has_more = len(rows) > win.size
     return {"data": rows[: win.size], "metadata": list_metadata(win, total, exact_count, has_more, None)}
 

@@ -72,19 +72,22 @@ def window(args: dict, default_size: int) -> Window:
 def bounded_count(stmt, table_name: str | None = None) -> tuple[int, bool]:
     """Count the rows of `stmt` up to EXACT_COUNT_CAP; beyond, estimate. Returns (count, exact).
 
-    Unfiltered (`table_name` given): the table's own statistics (pg_class.reltuples). Filtered: the
-    planner's estimate for the query. Either way no request counts more than the cap.
+    Unfiltered (`table_name` given): the table's own statistics (pg_class.reltuples), which also lets a
+    large table skip the capped count. Filtered: the planner's estimate for the query. Either way no
+    request counts more than the cap.
     """
+    reltuples = None
+    if table_name is not None:
+        reltuples = db.session.execute(
+            text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table_name}
+        ).scalar()
+        if reltuples is not None and reltuples > 2 * EXACT_COUNT_CAP:
+            return int(reltuples), False
     capped = select(func.count()).select_from(stmt.limit(EXACT_COUNT_CAP + 1).subquery())
     n = db.session.execute(capped).scalar_one()
     if n <= EXACT_COUNT_CAP:
         return n, True
-    if table_name is not None:
-        estimate = db.session.execute(
-            text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table_name}
-        ).scalar()
-    else:
-        estimate = planner_rows(stmt)
+    estimate = reltuples if table_name is not None else planner_rows(stmt)
     return max(int(estimate or 0), n), False
 
 

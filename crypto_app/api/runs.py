@@ -106,12 +106,12 @@ def start_run(source: str):
 def run_list(args: dict, default_size: int = 50) -> dict:
     win = window(args, default_size)
     stmt = select(EtlRun)
-    for name in ("source", "status", "trigger"):
-        if args.get(name):
-            stmt = stmt.where(getattr(EtlRun, name) == args[name])
+    filters = [name for name in ("source", "status", "trigger") if args.get(name)]
+    for name in filters:
+        stmt = stmt.where(getattr(EtlRun, name) == args[name])
     page = stmt.order_by(EtlRun.created_at.desc(), EtlRun.id.desc()).offset(win.offset).limit(win.size + 1)
     runs = list(db.session.scalars(page))
-    total, exact = bounded_count(stmt)
+    total, exact = bounded_count(stmt, None if filters else "etl_runs")
     has_more = len(runs) > win.size
     return {"data": runs[: win.size], "metadata": list_metadata(win, total, exact, has_more, None)}
 
