@@ -188,3 +188,20 @@ def test_docs_pages_render(client):
 @pytest.mark.parametrize("path", ["/health/live", "/health/ready"])
 def test_probes(client, path):
     assert client.get(path).status_code == 200
+
+
+NASTY = ["asset=99999999999999999999999", "symbol=%00", "cursor=WzEsIjFlOTk5OTk5OTk5IiwxLCJhIl0",
+         "cursor=WzEsIk5hTiIsMSwiYSJd", "cursor=%25%25", "page=1000000&page_size=100", "q=" + "x" * 101,
+         "since=0000-00-00", "limit=1e3", "a=nope&b=", "interval=%00", "top=-1", "status=%27%3B--"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/data", "/data", "/api/v1/assets", "/api/v1/assets/bitcoin/history",
+                                  "/api/v1/runs", "/api/v1/runs/compare", "/api/v1/etl/jobs"])
+def test_odd_inputs_never_answer_500(client, db_conn, path):
+    d.asset(db_conn, "bitcoin", "BTC", "Bitcoin")
+    for query in NASTY:
+        response = client.get(f"{path}?{query}")
+        assert response.status_code < 500, (path, query, response.get_data(as_text=True))
+        if response.status_code >= 400:
+            assert set(response.get_json()) == {"status", "error", "message", "details", "request_id"}
+    assert client.get("/api/v1/assets/%00").status_code == 400

@@ -19,6 +19,10 @@ def register(app) -> None:
         incoming = request.headers.get("X-Request-ID", "")
         # keep a caller's id when it is a plain token; anything else (spaces, newlines...) is replaced
         g.request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        if "\x00" in request.path or any("\x00" in key + value for key, value in request.args.items(multi=True)):
+            from .errors import ApiError  # PostgreSQL text cannot hold NUL: refuse it here, not with a 500
+
+            raise ApiError(400, "NUL characters are not allowed in the URL.")
 
     @app.after_request
     def _finish(response):

@@ -83,7 +83,8 @@ def filtered_quotes(args: dict):
         stmt = stmt.where(lq.c.source.in_(split_list(args["source"])))
     if args.get("asset"):
         ref = args["asset"].strip()
-        stmt = stmt.where(lq.c.asset_id == int(ref)) if ref.isdigit() else stmt.where(assets.c.slug == ref)
+        by_id = ref.isdigit() and len(ref) < 19  # longer digit strings cannot be a bigint id: try the slug
+        stmt = stmt.where(lq.c.asset_id == int(ref)) if by_id else stmt.where(assets.c.slug == ref)
     if args.get("since"):
         stmt = stmt.where(lq.c.observed_at >= args["since"])
     if args.get("until"):
@@ -103,6 +104,8 @@ def after_cursor(stmt, key: list, limit: int):
     """Rows strictly after `key` in the sort order, as two index-friendly range scans."""
     try:
         sort_value, asset_id, source = Decimal(str(key[0])), int(key[1]), str(key[2])
+        if not sort_value.is_finite() or abs(sort_value.adjusted()) > 1000 or abs(asset_id) >= 2**63:
+            raise ValueError("out of range")
     except (IndexError, TypeError, ValueError, InvalidOperation):
         raise ApiError(422, "The cursor is not one this API issued.",
                        {"query": {"cursor": ["not a cursor this API issued"]}}) from None
