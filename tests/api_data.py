@@ -9,6 +9,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import pytest
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
@@ -98,3 +99,24 @@ def _values(price, market_cap, volume, values: dict) -> list:
         raise TypeError(f"unknown quote columns {unknown}")
     return [None if merged.get(c) is None else (merged[c] if isinstance(merged[c], int) and c == "market_cap_rank"
                                                 else Decimal(str(merged[c]))) for c in QUOTE_COLUMNS]
+
+
+@pytest.fixture
+def app_with(test_env):
+    """Build an app whose settings differ from the test ones (`app_with(REDIS_URL=...)`); its pool is
+    disposed afterwards so that extra apps do not pile up idle connections."""
+    from crypto_app import create_app
+    from crypto_app.config import load_settings
+    from crypto_app.extensions import db
+
+    built = []
+
+    def build(**env):
+        application = create_app({"TESTING": True}, settings=load_settings({**test_env, **env}))
+        built.append(application)
+        return application
+
+    yield build
+    for application in built:
+        with application.app_context():
+            db.engine.dispose()

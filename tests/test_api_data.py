@@ -4,10 +4,9 @@ from decimal import Decimal
 
 import pytest
 
-from crypto_app import create_app
-from crypto_app.config import load_settings
 
 import api_data as d
+from api_data import app_with  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -198,9 +197,8 @@ def test_legacy_b_query_with_limit_offset(client, market3):
     assert body["metadata"]["offset"] == 1 and body["metadata"]["total_count"] == 2
 
 
-def test_reads_do_not_need_redis(test_env, market3):
-    settings = load_settings({**test_env, "REDIS_URL": "redis://127.0.0.1:1/0"})
-    client = create_app({"TESTING": True}, settings=settings).test_client()
+def test_reads_do_not_need_redis(app_with, market3):
+    client = app_with(REDIS_URL="redis://127.0.0.1:1/0").test_client()
     for url in ("/api/v1/data", "/data", f"/api/v1/assets/{market3['btc']}", "/api/v1/stats", "/api/v1/runs",
                 "/metrics"):
         assert client.get(url).status_code == 200, url

@@ -6,15 +6,11 @@ from datetime import timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from crypto_app import create_app
 from crypto_app.api import health as health_module
-from crypto_app.config import load_settings
 
 import api_data as d
+from api_data import app_with  # noqa: F401  (fixture)
 
-
-def _app_with(test_env, **env):
-    return create_app({"TESTING": True}, settings=load_settings({**test_env, **env}))
 
 
 def _fresh_runs(db_conn, sources=("coingecko", "coinpaprika", "csv")):
@@ -57,9 +53,9 @@ def test_a_source_is_stale_after_twice_its_schedule(client, db_conn, monkeypatch
     assert body["sources"]["coinpaprika"]["age_seconds"] >= 2 * schedule
 
 
-def test_health_with_the_broker_down_is_degraded_and_quick(test_env, db_conn):
+def test_health_with_the_broker_down_is_degraded_and_quick(app_with, db_conn):
     _fresh_runs(db_conn)
-    client = _app_with(test_env, REDIS_URL="redis://127.0.0.1:1/0").test_client()
+    client = app_with(REDIS_URL="redis://127.0.0.1:1/0").test_client()
     started = time.monotonic()
     response = client.get("/health")
     assert time.monotonic() - started < 5
@@ -68,8 +64,8 @@ def test_health_with_the_broker_down_is_degraded_and_quick(test_env, db_conn):
     assert body["checks"]["broker"]["status"] == "down" and body["checks"]["workers"]["status"] == "unknown"
 
 
-def test_health_with_the_database_down_is_unhealthy_503(test_env):
-    client = _app_with(test_env, DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere").test_client()
+def test_health_with_the_database_down_is_unhealthy_503(app_with):
+    client = app_with(DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere").test_client()
     started = time.monotonic()
     response = client.get("/health")
     assert response.status_code == 503 and response.get_json()["status"] == "unhealthy"
@@ -81,10 +77,10 @@ def test_health_with_the_database_down_is_unhealthy_503(test_env):
     assert time.monotonic() - started < 15
 
 
-def test_readiness_checks_migrations(test_env, client):
+def test_readiness_checks_migrations(app_with, client):
     ready = client.get("/health/ready")
     assert ready.status_code == 200 and ready.get_json()["status"] == "ready"
-    ahead = _app_with(test_env)
+    ahead = app_with()
     ahead.extensions["cryptoflow_migration_heads"] = {"9999_from_the_future"}
     response = ahead.test_client().get("/health/ready")
     assert response.status_code == 503 and "migrations not applied" in response.get_json()["reason"]

@@ -7,17 +7,13 @@ from datetime import timedelta
 import pytest
 from conftest import wait_for
 
-from crypto_app import create_app
-from crypto_app.config import load_settings
 from crypto_app.coordination import SourceLock, redis_client
 
 import api_data as d
+from api_data import app_with  # noqa: F401  (fixture)
 
 AUTH = {"Authorization": "Bearer test-token"}
 
-
-def _app_with(test_env, **env):
-    return create_app({"TESTING": True}, settings=load_settings({**test_env, **env}))
 
 
 def _runs(db_conn, where="true"):
@@ -54,8 +50,8 @@ def test_trigger_needs_the_bearer_token(client, db_conn, caplog):
     assert "guess-123" not in caplog.text
 
 
-def test_trigger_refused_when_api_token_is_unset(test_env, db_conn):
-    client = _app_with(test_env, API_TOKEN="").test_client()
+def test_trigger_refused_when_api_token_is_unset(app_with, db_conn):
+    client = app_with(API_TOKEN="").test_client()
     response = client.post("/api/v1/runs", json={"source": "csv"}, headers={"Authorization": "Bearer "})
     assert response.status_code == 503 and "API_TOKEN must be set" in response.get_json()["message"]
     assert client.post("/api/v1/etl/run/csv", headers=AUTH).status_code == 503
@@ -74,8 +70,8 @@ def test_a_source_already_running_answers_409_with_the_run(client, test_env, db_
     assert _runs(db_conn) == []
 
 
-def test_broker_down_answers_503_and_leaves_no_queued_run(test_env, db_conn):
-    client = _app_with(test_env, REDIS_URL="redis://127.0.0.1:1/0").test_client()
+def test_broker_down_answers_503_and_leaves_no_queued_run(app_with, db_conn):
+    client = app_with(REDIS_URL="redis://127.0.0.1:1/0").test_client()
     started = time.monotonic()
     response = client.post("/api/v1/runs", json={"source": "csv"}, headers=AUTH)
     assert response.status_code == 503 and time.monotonic() - started < 10
@@ -96,8 +92,8 @@ def test_bad_trigger_bodies(client, db_conn, body, status):
     assert _runs(db_conn) == []
 
 
-def test_disabled_source_and_malformed_json(test_env, db_conn):
-    client = _app_with(test_env, ENABLED_SOURCES="coingecko").test_client()
+def test_disabled_source_and_malformed_json(app_with, db_conn):
+    client = app_with(ENABLED_SOURCES="coingecko").test_client()
     response = client.post("/api/v1/runs", json={"source": "csv"}, headers=AUTH)
     assert response.status_code == 422 and "disabled" in response.get_json()["message"]
     broken = client.post("/api/v1/runs", data="{not json", headers={**AUTH, "Content-Type": "application/json"})
