@@ -37,9 +37,6 @@ class ContextFilter(logging.Filter):
 
 def configure_logging(level: str = "INFO", service: str = "api") -> None:
     root = logging.getLogger()
-    if getattr(root, "_cryptoflow_configured", False):
-        root.setLevel(level)
-        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(
         "%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -49,6 +46,5 @@ def configure_logging(level: str = "INFO", service: str = "api") -> None:
     handler.addFilter(ContextFilter())
     root.handlers[:] = [handler]
     root.setLevel(level)
-    root._cryptoflow_configured = True
     for noisy in ("urllib3", "werkzeug"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

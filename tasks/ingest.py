@@ -41,22 +41,22 @@ def ingest_source(self, source: str, run_id: str | None = None, trigger: str = "
     identity_conn.autocommit = True
     ctx = {"source": source, "trigger": trigger}
     try:
-        if run_id is None:
-            run_id = str(uuid.uuid4())
-            if not lock.acquire(run_id, ttl):
-                log.info("run skipped: source busy", extra={**ctx, "running_run_id": lock.holder()})
-                return {"skipped": True, "running_run_id": lock.holder()}
+        # A scheduled task's run id is its task id: a redelivered message (worker lost) or a retry
+        # carries the same id, finds its run and its lock, and resumes.
+        run_id = run_id or self.request.id or str(uuid.uuid4())
+        status = lifecycle.run_status(conn, run_id)
+        if status in lifecycle.TERMINAL:
+            log.warning("task for a finished run ignored", extra={**ctx, "run_id": run_id, "status": status})
+            return {"ignored": True, "status": status}
+        if not lock.claim(run_id, ttl):
+            holder = lock.holder()
+            if status is None:
+                log.info("run skipped: source busy", extra={**ctx, "running_run_id": holder})
+                return {"skipped": True, "running_run_id": holder}
+            lifecycle.finish_run(conn, run_id, "failed", error=f"superseded: run {holder} holds {source}")
+            return {"superseded_by": holder}
+        if status is None:
             lifecycle.create_run(conn, run_id, source, trigger)
-        else:
-            status = lifecycle.run_status(conn, run_id)
-            if status is None or status in lifecycle.TERMINAL:
-                log.warning("task for a missing or finished run ignored", extra={**ctx, "run_id": run_id,
-                                                                                "status": status})
-                return {"ignored": True, "status": status}
-            if not lock.claim(run_id, ttl):
-                holder = lock.holder()
-                lifecycle.finish_run(conn, run_id, "failed", error=f"superseded: run {holder} holds {source}")
-                return {"superseded_by": holder}
         ctx["run_id"] = run_id
         kwargs = {"source": source, "run_id": run_id, "trigger": trigger, "options": options or {},
                   "failures": failures}

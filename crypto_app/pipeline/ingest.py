@@ -128,6 +128,7 @@ class IngestionRun:
                                                 "inserted": result.inserted, "updated": result.updated})
         finally:
             stats["http_status"] = dict(http_status)
+            self._save_stats(stats)   # also when interrupted: a 429 or a wait is history worth keeping
 
         drift = detect_drift(previous_fields, seen_types)
         if drift:
@@ -172,6 +173,15 @@ class IngestionRun:
             raise LookupError(f"run {self.run_id} does not exist")
         stats, fetched, loaded, rejected, pages = row
         return dict(stats or {}), {"fetched": fetched, "loaded": loaded, "rejected": rejected, "pages": pages}
+
+    def _save_stats(self, stats: dict) -> None:
+        try:
+            self.conn.rollback()
+            with self.conn.cursor() as cur:
+                cur.execute("UPDATE etl_runs SET stats = %s WHERE id = %s", (json.dumps(stats), self.run_id))
+            self.conn.commit()
+        except Exception:  # the database may be the reason we are here; the caller handles that
+            log.warning("could not save run stats", extra={"run_id": self.run_id})
 
     def _checkpoint(self) -> dict:
         with self.conn.cursor() as cur:
