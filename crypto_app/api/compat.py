@@ -21,6 +21,7 @@ from ..extensions import db
 from ..pipeline.runs import TERMINAL, get_run
 from .auth import SECURITY, require_token
 from .data import DataArgsSchema, quote_page
+from .errors import ApiError
 from .runs import RunListArgsSchema, RunListSchema, RunSchema, run_list, start_run
 from .schemas import ConflictSchema, ErrorSchema, ListMetadataSchema, QuoteRowSchema
 from .stats import StatsSchema, compute_stats
@@ -101,6 +102,8 @@ def legacy_run(args, source):
     while True:
         db.session.rollback()  # end the transaction: each poll must see the worker's commits
         run = get_run(run_id)
+        if run is None:
+            raise ApiError(404, f"Run {run_id} disappeared while waiting for it.")
         if run.status in TERMINAL:
             return run, 200, {"Location": url_for("runs.get_one", run_id=run_id)}
         if time.monotonic() >= deadline:
