@@ -21,7 +21,7 @@ def send_task(name: str, kwargs: dict, task_id: str) -> None:
     """Publish a task; raise on an unreachable broker instead of retrying for long."""
     celery_client().send_task(name, kwargs=kwargs, task_id=task_id, retry=True,
                               retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2,
-                                            "interval_max": 0.5, "timeout": 3})
+                                            "interval_max": 0.5})
 
 
 def ping_workers(timeout: float = 1.0) -> list[str]:
