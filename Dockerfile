@@ -8,8 +8,7 @@ RUN python -m venv /app/.venv \
  && /app/.venv/bin/pip install --no-cache-dir -r requirements.txt
 
 FROM python:3.11-slim AS runtime
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH="/app/.venv/bin:$PATH" \
-    PROMETHEUS_MULTIPROC_DIR=/app/var/prometheus
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH="/app/.venv/bin:$PATH"
 RUN useradd --create-home --uid 10001 cryptoflow
 WORKDIR /app
 COPY --from=build /app/.venv /app/.venv

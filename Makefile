@@ -9,7 +9,6 @@ INSTALLED := $(VENV)/.installed
 EMBEDDED := $(BIN)/python -m crypto_app.embedded exec
 export PORT ?= 8000
 export FLOWER_PORT ?= 5555
-export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/var/prometheus
 
 .PHONY: help install run serve test test-fast smoke worker beat flower db-migrate up down logs clean bench
 
@@ -29,7 +28,7 @@ run: $(INSTALLED) ## start API, worker, beat and Flower (embedded PostgreSQL/Red
 
 serve: $(INSTALLED)
 	@test -n "$$DATABASE_URL" -a -n "$$REDIS_URL" || { echo "serve needs DATABASE_URL and REDIS_URL (use make run)"; exit 2; }
-	@rm -rf $(PROMETHEUS_MULTIPROC_DIR) && mkdir -p $(PROMETHEUS_MULTIPROC_DIR) var
+	@mkdir -p var
 	$(BIN)/flask db upgrade
 	@echo "API      http://localhost:$(PORT)   (docs /docs, health /health, metrics /metrics)"
 	@echo "Flower   http://localhost:$(FLOWER_PORT)"
