@@ -36,6 +36,7 @@ def celery_settings(settings: Settings) -> dict:
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
+        "worker_pool_restarts": True,   # `make smoke` restarts the pool to check that runs resume
         "beat_schedule_filename": str(PROJECT_ROOT / "var" / "celerybeat-schedule"),
         "beat_schedule": beat_schedule(settings),
     }
