@@ -6,6 +6,7 @@ from .config import PROJECT_ROOT, Settings
 
 INGEST_TASK = "tasks.ingest_source"
 REAP_TASK = "tasks.reap_stale_runs"
+SEGMENT_TASK = "tasks.ingest_csv_segment"
 
 
 def celery_settings(settings: Settings) -> dict:

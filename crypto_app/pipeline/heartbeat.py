@@ -17,9 +17,11 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, dsn: str, lock: SourceLock, run_id: str, ttl: float, interval: float | None = None):
+    def __init__(self, dsn: str, lock: SourceLock, run_id: str, ttl: float, interval: float | None = None,
+                 extra_locks: tuple[tuple[SourceLock, str], ...] = ()):
         self.dsn = dsn
         self.lock = lock
+        self.extra_locks = extra_locks      # (lock, holder) pairs renewed alongside, e.g. a segment's claim
         self.run_id = str(run_id)
         self.ttl = ttl
         self.interval = interval or max(1.0, min(15.0, ttl / 4))
@@ -38,6 +40,8 @@ class Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
+                for lock, holder in self.extra_locks:
+                    lock.renew(holder, self.ttl)
                 if not self.lock.renew(self.run_id, self.ttl):
                     self.lost = True
                     log.error("run lost its lock", extra={"run_id": self.run_id, "source": self.lock.source})

@@ -102,7 +102,7 @@ class IngestionRun:
 
         try:
             for batch in source.batches(position):
-                rows, rejections = self._transform(source, resolver, batch)
+                rows, rejections = transform(source, resolver, batch)
                 observe(seen_types, batch.records)
                 counts = {"fetched": len(batch.records) + len(batch.invalid), "loaded": len(rows),
                           "rejected": len(rejections), "pages": 1}
@@ -139,30 +139,6 @@ class IngestionRun:
         return RunOutcome(status=status, stats=stats, schema_drift=drift, **totals)
 
     # -- steps ------------------------------------------------------------------------------------
-
-    def _transform(self, source, resolver: IdentityResolver, batch: Batch):
-        rows, rejections = [], []
-        for raw, reason in batch.invalid:
-            rejections.append((reason, {"_record": [reason]}, raw, batch.locator))
-        for record in batch.records:
-            try:
-                normalized = source.normalize(record)
-            except Exception as exc:  # a mapping bug must quarantine the record, not kill the run
-                rejections.append((f"could not normalize: {exc.__class__.__name__}: {exc}",
-                                   {"_record": [str(exc)]}, record, batch.locator))
-                continue
-            clean, errors = validate_record(normalized)
-            if errors:
-                reason = "invalid fields: " + ", ".join(sorted(errors))
-                rejections.append((reason, errors, record, batch.locator))
-                continue
-            try:
-                clean["asset_id"] = resolver.resolve(clean)
-            except IdentityError as exc:
-                rejections.append((str(exc), {"symbol": [str(exc)]}, record, batch.locator))
-                continue
-            rows.append(clean)
-        return rows, rejections
 
     def _load_run_state(self) -> tuple[dict, dict]:
         with self.conn.cursor() as cur:
@@ -215,3 +191,29 @@ def backoff_seconds(failures: int, retry_after: float | None, maximum: float = 6
     if retry_after:
         delay = max(delay, float(retry_after) + random.uniform(0, 1))
     return math.ceil(min(delay, max(maximum, float(retry_after or 0)) + 1))
+
+
+def transform(source, resolver: IdentityResolver, batch: Batch) -> tuple[list[dict], list[tuple]]:
+    """Normalize, validate and resolve the records of one batch: (rows to load, rejections)."""
+    rows, rejections = [], []
+    for raw, reason in batch.invalid:
+        rejections.append((reason, {"_record": [reason]}, raw, batch.locator))
+    for record in batch.records:
+        try:
+            normalized = source.normalize(record)
+        except Exception as exc:  # a mapping bug must quarantine the record, not kill the run
+            rejections.append((f"could not normalize: {exc.__class__.__name__}: {exc}",
+                               {"_record": [str(exc)]}, record, batch.locator))
+            continue
+        clean, errors = validate_record(normalized)
+        if errors:
+            reason = "invalid fields: " + ", ".join(sorted(errors))
+            rejections.append((reason, errors, record, batch.locator))
+            continue
+        try:
+            clean["asset_id"] = resolver.resolve(clean)
+        except IdentityError as exc:
+            rejections.append((str(exc), {"symbol": [str(exc)]}, record, batch.locator))
+            continue
+        rows.append(clean)
+    return rows, rejections

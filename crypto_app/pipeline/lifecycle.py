@@ -21,6 +21,14 @@ def run_status(conn, run_id: str) -> str | None:
     return row[0] if row else None
 
 
+def run_flag(conn, run_id: str, flag: str) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT COALESCE((stats->>%s)::boolean, false) FROM etl_runs WHERE id = %s", (flag, run_id))
+        row = cur.fetchone()
+    conn.commit()
+    return bool(row and row[0])
+
+
 def start_delivery(conn, run_id: str, source: str) -> int:
     """Mark the run running for this delivery; return how many deliveries in a row died mid-way before."""
     with conn.cursor() as cur:
@@ -44,6 +52,15 @@ def postpone(conn, run_id: str, countdown: float, note: str) -> None:
                     "heartbeat_at = now() + make_interval(secs => %s), "
                     "stats = jsonb_set(stats, '{last_wait}', to_jsonb(%s::text)) WHERE id = %s",
                     (countdown, note, run_id))
+    conn.commit()
+
+
+def record_outcome(conn, run_id: str, outcome, **flags) -> None:
+    """Store what a coordinator learnt (stats, drift) while its segments are still loading."""
+    with conn.cursor() as cur:
+        cur.execute("UPDATE etl_runs SET stats = stats || %s, schema_drift = %s WHERE id = %s",
+                    (Json({**outcome.stats, **flags}), Json(outcome.schema_drift) if outcome.schema_drift else None,
+                     run_id))
     conn.commit()
 
 

@@ -79,7 +79,8 @@ class LoadBatch:
     raw_body: object = None
     record_count: int = 0
     rejections: list[tuple[str, dict, object, dict]] = field(default_factory=list)  # (reason, errors, record, locator)
-    checkpoint: dict | None = None
+    checkpoint: dict | None = None       # replaces the top-level keys it names in checkpoints.cursor
+    checkpoint_patch: tuple[list[str], dict] | None = None   # (json path, value) set inside the cursor
     run_counters: dict = field(default_factory=dict)   # fetched/loaded/rejected/pages increments
     run_stats: dict | None = None                       # replaces etl_runs.stats
 
@@ -110,11 +111,16 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
                 result = _upsert_quotes(cur, batch, rows)
             if batch.checkpoint is not None:
                 cur.execute("INSERT INTO checkpoints (source, cursor, run_id, updated_at) VALUES (%s, %s, %s, now()) "
-                            "ON CONFLICT (source) DO UPDATE SET cursor = EXCLUDED.cursor, run_id = EXCLUDED.run_id, "
-                            "updated_at = now()", (batch.source, Json(batch.checkpoint), batch.run_id))
+                            "ON CONFLICT (source) DO UPDATE SET cursor = checkpoints.cursor || EXCLUDED.cursor, "
+                            "run_id = EXCLUDED.run_id, updated_at = now()",
+                            (batch.source, Json(batch.checkpoint), batch.run_id))
+            if batch.checkpoint_patch is not None:
+                path, value = batch.checkpoint_patch
+                cur.execute("UPDATE checkpoints SET cursor = jsonb_set(cursor, %s::text[], %s::jsonb, true), "
+                            "updated_at = now() WHERE source = %s", (path, Json(value), batch.source))
             c = batch.run_counters
             cur.execute("UPDATE etl_runs SET fetched = fetched + %s, loaded = loaded + %s, rejected = rejected + %s, "
-                        "pages = pages + %s, heartbeat_at = now(), checkpoint_after = %s, "
+                        "pages = pages + %s, heartbeat_at = now(), checkpoint_after = COALESCE(%s, checkpoint_after), "
                         "stats = COALESCE(%s, stats) WHERE id = %s",
                         (c.get("fetched", 0), c.get("loaded", 0), c.get("rejected", 0), c.get("pages", 0),
                          Json(batch.checkpoint) if batch.checkpoint is not None else None,

@@ -78,8 +78,10 @@ class CsvSource(Source):
         root = self._root()
         files = self._files(root)
         state = {"files": _valid_entries((cursor or {}).get("files"))}
+        excluded = set(self.options.get("exclude") or ())   # files loaded in parallel segments instead
+        files = [(rel, path) for rel, path in files if rel not in excluded]
         if self.options.get("files") is None:   # a full scan forgets files that are gone
-            present = {rel for rel, _ in files}
+            present = {rel for rel, _ in files} | excluded
             state["files"] = {k: v for k, v in state["files"].items() if k in present}
         pending = None
         for rel, path in files:
@@ -203,6 +205,52 @@ class CsvSource(Source):
                       next_cursor={"files": {k: dict(v) for k, v in state["files"].items()}})
         feed.new_chunk()
         return batch
+
+    # -- one segment of a large file (loaded by one of several workers in parallel) ---------------
+
+    def file_path(self, rel: str) -> Path:
+        """The file `rel` inside the data dir (path traversal refused like the `files` option)."""
+        return dict(self._with_files([rel]))[rel]
+
+    def file_list(self) -> list[tuple[str, Path]]:
+        """(relative path, path) of every file this source would read."""
+        return self._files(self._root())
+
+    def header_end(self, path: Path) -> int | None:
+        with open(path, "rb") as fh:
+            header = read_header(fh)
+        return header.end if header else None
+
+    def _with_files(self, rels):
+        saved = self.options.get("files")
+        self.options["files"] = list(rels)
+        try:
+            return self._files(self._root())
+        finally:
+            self.options["files"] = saved
+
+    def segment_batches(self, rel: str, start: int, end: int, first_line: int) -> Iterator[Batch]:
+        """Batches of the records that begin in [start, end) of file `rel`; `start` is a line start.
+
+        The cursor of each batch is {"pos": byte offset reached, "line": line number there}; resume with
+        start=pos, first_line=line."""
+        with open(self.file_path(rel), "rb") as fh:
+            header = read_header(fh)
+            if header is None:
+                raise PermanentSourceError(f"{rel}: no header row; cannot load it in segments")
+            fh.seek(start)
+            feed = LineFeed(fh, start, first_line, hashlib.sha256())
+            if start < header.end:
+                feed.skip_to(header.end)
+            feed.limit = end
+            scratch = {"files": {}}
+            batches = self._records(rel, describe(header.columns, rel), header.delimiter, feed, feed.pos,
+                                    feed.line_no, 0, end, scratch)
+            for batch in batches:
+                batch.locator["segment"] = start
+                batch.next_cursor = {"pos": batch.locator["end"], "line": feed.line_no}
+                batch.done = batch.locator["end"] >= end or scratch["files"][rel]["done"]
+                yield batch
 
     # -- normalize --------------------------------------------------------------------------------
 

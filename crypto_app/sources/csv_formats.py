@@ -269,6 +269,7 @@ class LineFeed:
         self.bad: list[tuple[dict, str]] = []
         self.record_line: int | None = None   # first line of the record being read
         self.record_head = ""
+        self.limit: int | None = None          # stop at the first record boundary at or past this offset
 
     def new_chunk(self) -> None:
         self.chunk_hash = hashlib.sha256()
@@ -296,6 +297,8 @@ class LineFeed:
 
     def lines(self) -> Iterator[str]:
         while True:
+            if self.limit is not None and self.pos >= self.limit and self.record_line is None:
+                return
             data = self._read()
             if not data:
                 return
