@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from ..sources import build_source
 from ..sources.base import Batch
 from .drift import detect_drift, observe
 from .identity import IdentityError, IdentityResolver, load_overrides
-from .load import LoadBatch, load_batch
+from .load import BatchWriter, LoadBatch
 from .validate import validate_record
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,18 @@ class IngestionRun:
         resolver = IdentityResolver(self.identity_conn, self.source_name, load_overrides(self.settings.csv_data_dir))
         newest = saved.get("newest_observed_at")
 
+        guard = threading.Lock()            # stats are updated by the writer thread, copied by this one
+
+        def written(batch, counts, result):
+            with guard:
+                for key in ("inserted", "updated", "unchanged"):
+                    stats[key] = stats.get(key, 0) + getattr(result, key)
+            self.progress(batch, counts)
+            log.info("batch loaded", extra={"run_id": self.run_id, "source": self.source_name,
+                                            "locator": batch.locator, **counts,
+                                            "inserted": result.inserted, "updated": result.updated})
+
+        writer = BatchWriter(self.conn, written)
         try:
             for batch in source.batches(position):
                 rows, rejections = transform(source, resolver, batch)
@@ -108,25 +121,23 @@ class IngestionRun:
                           "rejected": len(rejections), "pages": 1}
                 for key in ("fetched", "loaded", "rejected", "pages"):
                     totals[key] += counts[key]
-                stats["http_status"] = dict(http_status)
                 batch_newest = max((r["observed_at"] for r in rows), default=None)
                 if batch_newest and (newest is None or batch_newest.isoformat() > newest):
                     newest = batch_newest.isoformat()
                 checkpoint = {"position": batch.next_cursor, "run_id": self.run_id, "complete": False,
                               "newest_observed_at": newest, "fields": previous_fields,
-                              "fields_this_run": seen_types}
-                result = load_batch(self.conn, LoadBatch(
+                              "fields_this_run": dict(seen_types)}
+                with guard:
+                    stats["http_status"] = dict(http_status)
+                    snapshot = json.loads(json.dumps(stats))
+                writer.submit(LoadBatch(
                     run_id=self.run_id, source=self.source_name, rows=rows, content_hash=batch.content_hash,
                     locator=batch.locator, fetched_at=batch.fetched_at, raw_body=batch.raw,
                     record_count=len(batch.records), rejections=rejections, checkpoint=checkpoint,
-                    run_counters=counts, run_stats=stats))
-                for key in ("inserted", "updated", "unchanged"):
-                    stats[key] = stats.get(key, 0) + getattr(result, key)
-                self.progress(batch, counts)
-                log.info("batch loaded", extra={"run_id": self.run_id, "source": self.source_name,
-                                                "locator": batch.locator, **counts,
-                                                "inserted": result.inserted, "updated": result.updated})
+                    run_counters=counts, run_stats=snapshot), counts)
+            writer.close()
         finally:
+            writer.close(raise_error=False)   # interrupted: what was submitted is committed first
             stats["http_status"] = dict(http_status)
             self._save_stats(stats)   # also when interrupted: a 429 or a wait is history worth keeping
 

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import queue
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from psycopg2.extras import Json, execute_values
 
 from ..models.quotes import QUOTE_VALUE_COLUMNS
+
+log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("asset_id",) + QUOTE_VALUE_COLUMNS + ("observed_at", "fetched_at", "run_id", "payload_hash")
 _COLS = ", ".join(ROW_COLUMNS)
@@ -130,6 +135,48 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
         conn.rollback()
         raise
     return result
+
+
+class BatchWriter:
+    """Writes batches in order on one background thread, so the next batch is fetched and parsed while
+    this one is stored (PostgreSQL works on its own core meanwhile). At most one batch waits.
+
+    `close()` waits until every submitted batch is committed and re-raises a write error."""
+
+    def __init__(self, conn, on_written):
+        self.conn = conn
+        self.on_written = on_written
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="batch-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue                        # drain: nothing after a failed batch may be written
+            batch, context = item
+            try:
+                self.on_written(batch, context, load_batch(self.conn, batch))
+            except BaseException as exc:        # handed to the submitting thread
+                self._error = exc
+
+    def submit(self, batch: LoadBatch, context=None) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((batch, context))
+
+    def close(self, raise_error: bool = True) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None and raise_error:
+            raise self._error
 
 
 def _dedupe(rows: list[dict]) -> list[dict]:
