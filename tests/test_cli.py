@@ -1,0 +1,98 @@
+"""`flask etl run` and `flask etl import`, and the bounds on retries and redeliveries."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, wait_for
+from crypto_app import create_app
+from crypto_app.coordination import SourceLock, redis_client
+from pipeline_helpers import settings_for, table
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _cli_app(test_env, **overrides):
+    return create_app({"TESTING": True}, settings=settings_for(test_env, **overrides))
+
+
+def test_import_loads_a_file_and_prints_the_summary(test_env, db_conn, tmp_path):
+    shutil.copy(FIXTURES / "csv_kaggle_cmc_bitcoin_cash_price.csv", tmp_path / "bitcoin_cash_price.csv")
+    result = _cli_app(test_env, CSV_DATA_DIR=tmp_path).test_cli_runner().invoke(
+        args=["etl", "import", str(tmp_path / "bitcoin_cash_price.csv")])
+    assert result.exit_code == 0, result.output
+    assert "csv: succeeded" in result.output and "records/s" in result.output
+    trigger, loaded = table(db_conn, "SELECT trigger, loaded FROM etl_runs")[0]
+    assert trigger == "cli" and loaded > 100
+    assert table(db_conn, "SELECT DISTINCT a.slug FROM quotes q JOIN assets a ON a.id = q.asset_id") == [("bitcoin-cash",)]
+
+
+def test_import_refuses_a_path_outside_the_data_folder(test_env, db_conn, tmp_path):
+    inside = tmp_path / "data"
+    inside.mkdir()
+    outside = tmp_path / "secret.csv"
+    outside.write_text("Date,Close\n2024-01-01,1\n")
+    result = _cli_app(test_env, CSV_DATA_DIR=inside).test_cli_runner().invoke(
+        args=["etl", "import", str(inside / ".." / "secret.csv")])
+    assert result.exit_code != 0 and "outside CSV_DATA_DIR" in result.output
+    assert table(db_conn, "SELECT count(*) FROM etl_runs") == [(0,)]
+
+
+def test_run_inline_against_the_upstream_and_refuse_when_a_run_is_going(test_env, fake_upstream, db_conn):
+    app = _cli_app(test_env, **fake_upstream.env(COINGECKO_RATE_PER_MINUTE=6000))
+    result = app.test_cli_runner().invoke(args=["etl", "run", "coingecko"])
+    assert result.exit_code == 0, result.output
+    assert "coingecko: succeeded — fetched 30, loaded 30" in result.output
+
+    SourceLock(redis_client(test_env["REDIS_URL"]), "coingecko").acquire("other-run", 60)
+    busy = app.test_cli_runner().invoke(args=["etl", "run", "coingecko"])
+    assert busy.exit_code != 0 and "already going: other-run" in busy.output
+    unknown = app.test_cli_runner().invoke(args=["etl", "run", "kraken"])
+    assert unknown.exit_code != 0 and "unknown source" in unknown.output
+
+
+def test_a_large_import_keeps_memory_flat(test_env, db_conn, tmp_path):
+    """300,000 rows through the real import path in its own process: peak RSS stays far below the file."""
+    path = tmp_path / "history.csv"
+    with path.open("w") as f:
+        f.write("Date,Symbol,Name,Close,Volume\n")
+        for i in range(300_000):
+            f.write(f"{1420070400 + i * 3600},C{i % 50},Coin {i % 50},{i % 997}.5,{i}\n")
+    env = {**test_env, "CSV_DATA_DIR": str(tmp_path), "CSV_CHUNK_ROWS": "5000"}
+    code = ("import resource, subprocess, sys; "
+            "r = subprocess.run(sys.argv[1:]); "
+            "print('peak_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+    done = subprocess.run([sys.executable, "-c", code, str(ROOT / ".venv" / "bin" / "flask"), "etl", "import", str(path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak_mb = int(done.stdout.split("peak_kb")[1].split()[0]) / 1024
+    assert table(db_conn, "SELECT count(*) FROM quotes") == [(300_000,)]
+    assert path.stat().st_size > 10_000_000 and peak_mb < 200, f"peak {peak_mb:.0f} MB"
+
+
+@pytest.mark.worker
+def test_transient_failures_are_bounded(worker, celery_probe, fake_upstream, db_conn):
+    fake_upstream.script("/api/v3/coins/markets", [fake_upstream.json_response(500, {"error": "boom"})] * 10)
+    worker(env=fake_upstream.env(COINGECKO_RATE_PER_MINUTE=6000, TASK_MAX_RETRIES=2))
+    celery_probe.send_task("tasks.ingest_source", kwargs={"source": "coingecko", "trigger": "schedule"})
+    run = wait_for(lambda: table(db_conn, "SELECT status, error FROM etl_runs WHERE status = 'failed'"), timeout=60,
+                   message="the run to give up")[0]
+    assert run[1].startswith("gave up after 3 transient failures")
+    assert len(fake_upstream.requests_to("/api/v3/coins/markets")) == 3
+
+
+@pytest.mark.worker
+def test_a_run_whose_deliveries_keep_dying_is_given_up(worker, celery_probe, fake_upstream, db_conn, test_env):
+    with db_conn.cursor() as cur:
+        cur.execute("INSERT INTO etl_runs (id, source, trigger, status, unfinished_deliveries) "
+                    "VALUES ('00000000-0000-0000-0000-0000000000aa', 'coingecko', 'api', 'running', 5)")
+    SourceLock(redis_client(test_env["REDIS_URL"]), "coingecko").acquire("00000000-0000-0000-0000-0000000000aa", 60)
+    worker(env=fake_upstream.env(MAX_DELIVERIES=5))
+    celery_probe.send_task("tasks.ingest_source", kwargs={"source": "coingecko", "trigger": "api",
+                                                          "run_id": "00000000-0000-0000-0000-0000000000aa"})
+    run = wait_for(lambda: table(db_conn, "SELECT status, error FROM etl_runs WHERE status = 'failed'"), timeout=60,
+                   message="the poison run to be given up")[0]
+    assert "deliveries in a row died" in run[1]
+    assert fake_upstream.requests == []
