@@ -13,7 +13,7 @@ def test_bad_setting_fails_naming_the_variable():
     with pytest.raises(ConfigError, match="COINGECKO_API_PLAN"):
         load_settings({"COINGECKO_API_PLAN": "gold"})
     with pytest.raises(ConfigError, match="DATABASE_URL"):
-        load_settings({"DATABASE_URL": "sqlite:///x.db"})
+        load_settings({"DATABASE_URL": "mysql://db/x"})
 
 
 def test_pro_plan_switches_the_default_base_url():
