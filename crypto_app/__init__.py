@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from .api import docs_assets
 from .config import Settings, load_settings
 from .extensions import api as rest_api, db, migrate
 from .logs import configure_logging
@@ -25,9 +26,9 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=docs_assets.SWAGGER_UI_URL,
         OPENAPI_REDOC_PATH="/redoc",
-        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js",
+        OPENAPI_REDOC_URL=docs_assets.REDOC_URL,
         JSON_SORT_KEYS=False,
     )
     if test_config:
@@ -44,6 +45,7 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
     from .cli import register_cli
 
     register_api(app, rest_api)
+    app.register_blueprint(docs_assets.blp)
     register_cli(app)
     return app
 
