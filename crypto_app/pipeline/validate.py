@@ -45,7 +45,7 @@ def parse_decimal(value) -> Decimal:
         if number is not None:
             if not number.is_finite():
                 raise ValueError("must be a finite number (NaN and infinity are rejected)")
-            return number
+            return _storable(number, len(value))
         text = value.strip().replace("\u00a0", "").replace(" ", "").replace("_", "")
         if text.startswith("$"):
             text = text[1:]
@@ -58,6 +58,20 @@ def parse_decimal(value) -> Decimal:
         raise ValueError(f"not a number: {value!r}")
     if not number.is_finite():
         raise ValueError("must be a finite number (NaN and infinity are rejected)")
+    return _storable(number, len(value) if isinstance(value, str) else None)
+
+
+# PostgreSQL's NUMERIC holds at most 131072 digits before the decimal point and 16383 after it; a finite
+# Decimal ("1e200000") can be far larger or finer, and one such value would fail its whole batch.
+_NUMERIC_MAX_ADJUSTED, _NUMERIC_MIN_EXPONENT = 131071, -16383
+
+
+def _storable(number: Decimal, digits_at_most: int | None) -> Decimal:
+    adjusted = number.adjusted()
+    if adjusted > _NUMERIC_MAX_ADJUSTED or (
+            (digits_at_most is None or adjusted - digits_at_most < _NUMERIC_MIN_EXPONENT)
+            and number.as_tuple().exponent < _NUMERIC_MIN_EXPONENT):
+        raise ValueError("out of range: at most 131072 digits before the decimal point and 16383 after")
     return number
 
 
@@ -80,8 +94,21 @@ def _drop_group_separators(text: str) -> str:
     return text  # a single dot: a decimal mark ("1.234" stays one point two three four)
 
 
+_EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(3000, 1, 1, tzinfo=timezone.utc)
+
+
 def parse_timestamp(value) -> datetime:
-    """Parse an observation time into an aware UTC datetime; raise ValueError if impossible."""
+    """Parse an observation time into an aware UTC datetime; raise ValueError if impossible.
+
+    Times run from 1970 to 3000, as unix times do here: "0001-01-01T00:00:00+05:00" is year 0 in UTC,
+    which PostgreSQL stores but Python cannot read back (every later read of the row would fail)."""
+    moment = _parse_timestamp(value)
+    if not _EARLIEST <= moment < _LATEST:
+        raise ValueError(f"out of range: {value!r:.60} is not between 1970 and 3000")
+    return moment
+
+
+def _parse_timestamp(value) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if isinstance(value, date):

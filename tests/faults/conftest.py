@@ -24,6 +24,13 @@ import redis as redis_lib
 
 from conftest import ROOT, WorkerProcess, wait_for
 
+# hypothesis (and schemathesis, built on it) keep caches in ./.hypothesis by default: not in the project
+from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
+
+import tempfile  # noqa: E402
+
+set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "cryptoflow-hypothesis"))
+
 INGEST = "tasks.ingest_source"
 REAP = "tasks.reap_stale_runs"
 AUTH = {"Authorization": "Bearer test-token"}
