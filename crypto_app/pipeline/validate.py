@@ -89,6 +89,8 @@ def _drop_group_separators(text: str) -> str:
         return text.replace(",", "")
     if commas > 1 or (commas == 1 and len(text.split(",")[1]) == 3):
         return text.replace(",", "")
+    if commas == 1:
+        return text.replace(",", ".")  # "12,50": a decimal comma (a group of two is never the last group)
     if dots > 1:
         return text.replace(".", "")
     return text  # a single dot: a decimal mark ("1.234" stays one point two three four)
