@@ -49,6 +49,9 @@ beat: $(INSTALLED) ## Celery beat alone (run exactly one)
 flower: $(INSTALLED) ## Flower alone
 	$(EMBEDDED) -- $(BIN)/python -m crypto_app.flower
 
+bench: $(INSTALLED) ## benchmark: ingest vs COPY, reads under load vs SQL (ARGS="--rows 10000000"; see bench-results/)
+	$(EMBEDDED) -- $(BIN)/python -m tests.benchmarks $(ARGS)
+
 db-migrate: $(INSTALLED) ## apply the migrations
 	$(EMBEDDED) -- $(BIN)/flask db upgrade
 
