@@ -72,7 +72,7 @@ def sources_of():
 
 def find_asset(ref: str) -> Asset:
     ref = ref.strip()
-    asset = db.session.get(Asset, int(ref)) if ref.isdigit() and len(ref) < 19 else \
+    asset = db.session.get(Asset, int(ref)) if ref.isascii() and ref.isdigit() and len(ref) < 19 else \
         db.session.scalars(select(Asset).where(Asset.slug == ref)).first()
     if asset is None:
         raise ApiError(404, f"No asset {ref!r}: pass an asset id or slug.")

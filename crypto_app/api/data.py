@@ -19,7 +19,7 @@ from ..models import Asset, LatestQuote
 from ..models.quotes import QUOTE_VALUE_COLUMNS
 from .errors import ApiError
 from .pagination import CursorField, bounded_count, encode_cursor, list_metadata, window
-from .schemas import ErrorSchema, ListMetadataSchema, PageArgsSchema, QuoteRowSchema
+from .schemas import ErrorSchema, ListMetadataSchema, PageArgsSchema, QuoteRowSchema, UtcDateTime
 
 blp = Blueprint("data", __name__, url_prefix="/api/v1", description="Latest normalized quotes")
 
@@ -37,9 +37,9 @@ class DataArgsSchema(PageArgsSchema):
         "description": f"Source, or several comma-separated; one of {', '.join(SOURCES)}"})
     asset = fields.String(validate=validate.Length(min=1, max=200), metadata={
         "description": "Asset id or slug"})
-    since = fields.AwareDateTime(default_timezone=timezone.utc, metadata={
+    since = UtcDateTime(metadata={
         "description": "Only quotes observed at or after this time (ISO 8601; UTC when no offset is given)"})
-    until = fields.AwareDateTime(default_timezone=timezone.utc, metadata={
+    until = UtcDateTime(metadata={
         "description": "Only quotes observed at or before this time (ISO 8601; UTC when no offset is given)"})
     cursor = CursorField(metadata={
         "description": "Opaque keyset cursor from a previous page's metadata.next_cursor; alone, "
@@ -83,7 +83,7 @@ def filtered_quotes(args: dict):
         stmt = stmt.where(lq.c.source.in_(split_list(args["source"])))
     if args.get("asset"):
         ref = args["asset"].strip()
-        by_id = ref.isdigit() and len(ref) < 19  # longer digit strings cannot be a bigint id: try the slug
+        by_id = ref.isascii() and ref.isdigit() and len(ref) < 19  # longer digit strings cannot be a bigint id: try the slug
         stmt = stmt.where(lq.c.asset_id == int(ref)) if by_id else stmt.where(assets.c.slug == ref)
     if args.get("since"):
         stmt = stmt.where(lq.c.observed_at >= args["since"])

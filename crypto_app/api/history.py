@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.types import Interval
 
 from ..extensions import db
-from .schemas import Money, SourceField
+from .schemas import Money, SourceField, UtcDateTime
 
 INTERVALS = {"5m": timedelta(minutes=5), "15m": timedelta(minutes=15), "1h": timedelta(hours=1),
              "4h": timedelta(hours=4), "1d": timedelta(days=1), "1w": timedelta(weeks=1)}
@@ -47,9 +47,9 @@ CANDLES_SQL = text("""
 
 class HistoryArgsSchema(ma.Schema):
     source = SourceField()
-    since = fields.AwareDateTime(default_timezone=timezone.utc, metadata={
+    since = UtcDateTime(metadata={
         "description": "Start (inclusive; default: a span before `until` that suits the interval)"})
-    until = fields.AwareDateTime(default_timezone=timezone.utc, metadata={"description": "End (inclusive; default now)"})
+    until = UtcDateTime(metadata={"description": "End (inclusive; default now)"})
     interval = fields.String(load_default="raw", validate=validate.OneOf(["raw", *INTERVALS]), metadata={
         "description": "raw observations, or OHLC candles of this width", "enum": ["raw", *INTERVALS]})
     limit = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=10000),

@@ -1,6 +1,8 @@
 """Schemas shared by several resources: the error shape, money, quote rows, list metadata."""
 from __future__ import annotations
 
+from datetime import timezone
+
 import marshmallow as ma
 from marshmallow import fields, validate
 
@@ -85,6 +87,24 @@ class ListMetadataSchema(ma.Schema):
     has_more = fields.Boolean(metadata={"description": "Whether rows follow this page"})
     next_cursor = fields.String(allow_none=True, metadata={
         "description": "Opaque cursor of the next page (pass it as `cursor`); null on the last page"})
+
+
+class UtcDateTime(fields.AwareDateTime):
+    """A time in the query string (ISO 8601; UTC when no offset is given), converted to UTC.
+
+    Python accepts offsets up to 23:59 and any year 1-9999 with any offset; PostgreSQL refuses offsets
+    beyond 15:59 and a year 0 or 10000 does not exist in Python: converting here makes those a 422, not a
+    500 from the database."""
+
+    def __init__(self, **kwargs):
+        super().__init__(default_timezone=timezone.utc, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(timezone.utc)
+        except OverflowError:
+            raise ma.ValidationError("Not a valid time: out of range once converted to UTC.") from None
 
 
 class PageArgsSchema(ma.Schema):
