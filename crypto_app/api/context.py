@@ -1,12 +1,14 @@
 """Per-request context: the request id (kept from X-Request-ID or made up), timing, the access log line."""
 from __future__ import annotations
 
+import io
 import logging
 import re
 import time
 import uuid
 
 from flask import g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 log = logging.getLogger("crypto_app.api.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -23,6 +25,22 @@ def register(app) -> None:
             from .errors import ApiError  # PostgreSQL text cannot hold NUL: refuse it here, not with a 500
 
             raise ApiError(400, "NUL characters are not allowed in the URL.")
+
+    @app.before_request
+    def _bounded_chunked_body():
+        # A chunked body has no Content-Length to check against MAX_CONTENT_LENGTH: werkzeug then reads at
+        # most that many bytes and silently drops the rest, so an oversized body parsed as invalid JSON (400)
+        # or, cut at the right place, as a valid request. Read one byte past the limit to answer 413.
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        if not limit or request.environ.get("CONTENT_LENGTH"):
+            return
+        if "chunked" not in request.environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            return
+        body = request.environ["wsgi.input"].read(limit + 1)
+        if len(body) > limit:
+            raise RequestEntityTooLarge()
+        request.environ["wsgi.input"] = io.BytesIO(body)
+        request.environ["CONTENT_LENGTH"] = str(len(body))
 
     @app.after_request
     def _finish(response):
