@@ -78,10 +78,17 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def assert_within_rate(times: list[float], per_minute: float, burst: int, window: float = 2.0) -> int:
+def allowed_in_window(per_minute: float, burst: int, window: float = 5.0, jitter: float = 0.5) -> int:
+    """What a token bucket lets through in any `window` seconds: rate x window + burst, plus what a
+    request delayed by up to `jitter` seconds between taking its token and reaching the fake may add."""
+    return int(per_minute / 60.0 * (window + jitter) + burst)
+
+
+def assert_within_rate(times: list[float], per_minute: float, burst: int, window: float = 5.0,
+                       jitter: float = 0.5) -> int:
     """No `window` seconds of `times` (request arrivals at the fake) hold more requests than the token
-    bucket allows: rate x window + burst. Returns the busiest window's count."""
-    allowed = int(per_minute / 60.0 * window + burst)
+    bucket allows (see allowed_in_window). Returns the busiest window's count."""
+    allowed = allowed_in_window(per_minute, burst, window, jitter)
     times = sorted(times)
     busiest = 0
     for i, start in enumerate(times):

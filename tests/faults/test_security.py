@@ -81,6 +81,7 @@ class _KeepLines(logging.Handler):
         self.lines.append(self.format(record))
 
 
+@pytest.mark.worker
 def test_canary_api_keys_never_appear_in_logs_tables_redis_or_responses(
         start_worker, fake_upstream, db_conn, test_env, app_with, report, request):
     gecko_key, paprika_key = f"CG-canary-{uuid.uuid4().hex}", f"cp-canary-{uuid.uuid4().hex}"
