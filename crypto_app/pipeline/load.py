@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import queue
+import re
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -106,10 +107,11 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
             cur.execute("INSERT INTO raw_payloads (run_id, source, locator, content_hash, fetched_at, record_count, body) "
                         "VALUES (%s, %s, %s, %s, %s, %s, %s)",
                         (batch.run_id, batch.source, Json(batch.locator), batch.content_hash, batch.fetched_at,
-                         batch.record_count, Json(batch.raw_body) if batch.raw_body is not None else None))
+                         batch.record_count, Json(_jsonable(batch.raw_body)) if batch.raw_body is not None else None))
             if batch.rejections:
                 execute_values(cur, "INSERT INTO rejected_records (run_id, source, reason, errors, record, locator) VALUES %s",
-                               [(batch.run_id, batch.source, reason, Json(errors), Json(_jsonable(record)), Json(locator))
+                               [(batch.run_id, batch.source, _jsonable(reason), Json(_jsonable(errors)),
+                                 Json(_jsonable(record)), Json(_jsonable(locator)))
                                 for reason, errors, record, locator in batch.rejections])
             rows = _dedupe(batch.rows)
             if rows:
@@ -204,6 +206,21 @@ def _upsert_quotes(cur, batch: LoadBatch, rows: list[dict]) -> BatchResult:
                        newest_observed_at=max(row["observed_at"] for row in rows))
 
 
-def _jsonable(record):
-    """Raw records may hold Decimals or datetimes after parsing; store them as text."""
-    return json.loads(json.dumps(record, default=str)) if record is not None else None
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _jsonable(value):
+    """What jsonb can hold: Decimals and datetimes as text; NUL and unpaired surrogates (which PostgreSQL
+    refuses, and which would fail the whole batch) replaced by U+FFFD. The content hash stays the one of
+    the bytes as received."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_jsonable(str(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (int, float, bool)):
+        return value
+    return _jsonable(str(value))

@@ -145,10 +145,15 @@ def _from_epoch(seconds: float) -> datetime:
 
 # --- the rules: one function per kind of field, used by the schema and by the bulk path --------
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")   # PostgreSQL text cannot hold NUL or unpaired surrogates
+
+
 def rule_text(value):
     if value is None or value is missing_:
         return None
     text = str(value).strip()
+    if _UNSTORABLE.search(text):
+        raise ValueError("contains a NUL or an unpaired surrogate character")
     return text or None
 
 
