@@ -253,7 +253,12 @@ def start_gunicorn(children: Children, env: dict, workdir: Path, log_level: str)
     prom = workdir / "prometheus"
     prom.mkdir(exist_ok=True)
     genv = {**env, "PORT": str(port), "LOG_LEVEL": log_level, "PROMETHEUS_MULTIPROC_DIR": str(prom)}
-    child = children.start("gunicorn", [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], genv)
+    cmd = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
+    if _has_control_socket():
+        # gunicorn >= 24 listens on ONE control socket per user ($HOME/.gunicorn/gunicorn.ctl): the last master
+        # started owns it, and anyone's `shutdown` through it would stop ours. Ours gets its own.
+        cmd += ["--control-socket", str(workdir / "gunicorn.ctl")]
+    child = children.start(f"gunicorn-{port}", cmd, genv)
     deadline = time.monotonic() + 60
     while True:
         if child.poll() is not None:
@@ -269,6 +274,14 @@ def start_gunicorn(children: Children, env: dict, workdir: Path, log_level: str)
         time.sleep(0.2)
     log(f"gunicorn up on port {port} (pid {child.pid})")
     return child, port
+
+
+def _has_control_socket() -> bool:
+    try:
+        from gunicorn.config import KNOWN_SETTINGS
+    except ImportError:
+        return False
+    return any(getattr(setting, "name", None) == "control_socket" for setting in KNOWN_SETTINGS)
 
 
 def http_get(port: int, path: str, headers: dict | None = None, timeout: float = 30) -> tuple[int, dict, bytes]:
@@ -463,13 +476,45 @@ def measure_sql(targets: list[dict], db_url: str, env: dict, runs: int, sql_seco
             f"{t.get('api_sql', {}).get('in_process_first_ms')} ms, repeated {t.get('api_sql', {}).get('in_process_request_ms')} ms")
 
 
-def measure_http(targets: list[dict], port: int, connections: int, duration: float, workdir: Path) -> None:
+class Server:
+    """The gunicorn under test; restarted (once per line, and noted) if something outside stops it."""
+
+    def __init__(self, children: Children, env: dict, workdir: Path, log_level: str):
+        self.children, self.env, self.workdir, self.log_level = children, env, workdir, log_level
+        self.restarts: list[str] = []
+        self.child, self.port = start_gunicorn(children, env, workdir, log_level)
+
+    def alive(self) -> bool:
+        return self.child.poll() is None
+
+    def restart(self, why: str) -> None:
+        tail = [line for line in self.child.log_tail(200_000).splitlines() if "signal" in line.lower()][-2:]
+        note = f"{time.strftime('%H:%M:%S')} gunicorn (pid {self.child.pid}) was gone {why}: {' / '.join(tail)}"
+        log(note + "; restarting it")
+        self.restarts.append(note)
+        self.child.stop(10)
+        self.child, self.port = start_gunicorn(self.children, self.env, self.workdir, self.log_level)
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
+def measure_http(targets: list[dict], server: Server, connections: int, duration: float, workdir: Path) -> None:
     for t in targets:
         # no warm-up for a request whose SQL alone takes seconds: 32 queued requests would take minutes
         slow = (t.get("floor") or {}).get("median_ms", 0) / 1000 > SLOW_SECONDS
-        t["http"] = loadgen(port, t["urls"], connections, duration, workdir, t["name"],
-                            conditional=t.get("conditional", False), shuffle=t.get("shuffle", False),
-                            warmup_urls=t.pop("warmup_urls", None), warmup=0 if slow else None)
+        warmup_urls = t.pop("warmup_urls", None)
+        for attempt in (1, 2):
+            if not server.alive():
+                server.restart(f"before {t['name']}")
+            t["http"] = loadgen(server.port, t["urls"], connections, duration, workdir, t["name"],
+                                conditional=t.get("conditional", False), shuffle=t.get("shuffle", False),
+                                warmup_urls=warmup_urls, warmup=0 if slow else None)
+            if server.alive() or attempt == 2:
+                break
+            server.restart(f"after {t['name']} (measured again)")
+        if not server.alive():
+            raise RuntimeError(f"gunicorn stopped twice while measuring {t['name']}: {server.restarts}")
         h = t["http"]
         log(f"HTTP {t['name']}: {h['requests_per_s']:,} req/s, p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms, "
             f"errors {h['errors']}, statuses {h['statuses']}")

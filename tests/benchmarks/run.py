@@ -248,8 +248,8 @@ def run_phases(args, result, children, env, db_url, redis_url, server_db, db_nam
     # 6. reads
     rd = result["reads"] = {}
     rd["list"] = reads.pad_latest(db_url, args.list_rows)
-    gunicorn, port = reads.start_gunicorn(children, env, workdir, args.api_log_level)
-    targets, facts = reads.build_targets(db_url, port, args.list_rows, dataset)
+    server = reads.Server(children, env, workdir, args.api_log_level)
+    targets, facts = reads.build_targets(db_url, server.port, args.list_rows, dataset)
     rd["facts"] = facts
     if facts["deep_page"] < reads.DEEP_PAGE:
         result["notes"].append(f"latest_quotes has {facts['latest_rows']:,} rows: the deep page measured is page "
@@ -261,10 +261,16 @@ def run_phases(args, result, children, env, db_url, redis_url, server_db, db_nam
     reads.measure_sql(targets, db_url, env, args.sql_runs, args.sql_duration, args.connections, workdir)
     rd["loadgen_ceiling"] = reads.loadgen_ceiling(children, env, args.connections, min(args.duration, 5.0), workdir)
     log(f"load generator ceiling: {rd['loadgen_ceiling']['requests_per_s']:,} req/s")
-    reads.measure_http(targets, port, args.connections, args.duration, workdir)
     rd["targets"] = targets
+    reads.measure_http(targets, server, args.connections, args.duration, workdir)
     for t in targets:
         if len(t["urls"]) > 3:
             t["urls"] = t["urls"][:3] + [f"... {len(t['urls']) - 3:,} more"]
-    gunicorn.stop()
-    rd["gunicorn_log_tail"] = [line for line in gunicorn.log_tail(4000).splitlines() if "error" in line.lower()][-10:]
+    server.stop()
+    rd["gunicorn_restarts"] = server.restarts
+    result["notes"] += [f"{note}; restarted" for note in server.restarts]
+    rd["gunicorn_log_errors"] = [line for line in server.child.log_tail(4000).splitlines() if "error" in line.lower()][-10:]
+    failed = [t["name"] for t in targets if not t["http"].get("requests") or
+              t["http"]["errors"] > 0.5 * max(1, t["http"]["requests"])]
+    if failed:
+        raise RuntimeError(f"reads failed (no answers or mostly errors): {', '.join(failed)}")
