@@ -189,7 +189,11 @@ class ThrowawayPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def init(self) -> "ThrowawayPostgres":
-        from pgserver._commands import initdb
+        import warnings
+
+        with warnings.catch_warnings():     # pgserver reads XDG_RUNTIME_DIR at import; unset here, and unused
+            warnings.simplefilter("ignore")
+            from pgserver._commands import initdb
 
         self.data.mkdir(parents=True)
         if self.user:
