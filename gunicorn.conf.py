@@ -25,6 +25,10 @@ keepalive = 5
 accesslog = None  # the app logs one JSON line per request, with its request id
 errorlog = "-"
 loglevel = _settings.log_level.lower()
+# gunicorn >= 24 opens a control socket, by default ONE per user: a second gunicorn on the machine (tests,
+# a benchmark, another checkout) would take it over and could be stopped through it. One per port instead.
+control_socket = str(PROJECT_ROOT / "var" / f"gunicorn-{_settings.port}.ctl")
+os.makedirs(PROJECT_ROOT / "var", exist_ok=True)
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 if workers > 1:
