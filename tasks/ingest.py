@@ -183,10 +183,11 @@ def ingest_csv_segment(self, run_id: str, rel: str, start: int, end: int, failur
     if not claim.claim(self.request.id, ttl):
         log.info("segment already being loaded", extra=ctx)
         return {"skipped": True}
-    conn = psycopg2.connect(settings.libpq_url, connect_timeout=10)
-    identity_conn = psycopg2.connect(settings.libpq_url, connect_timeout=10)
-    identity_conn.autocommit = True
+    conn = identity_conn = None
     try:
+        conn = psycopg2.connect(settings.libpq_url, connect_timeout=10)
+        identity_conn = psycopg2.connect(settings.libpq_url, connect_timeout=10)
+        identity_conn.autocommit = True
         if lifecycle.run_status(conn, run_id) != "running":
             return {"ignored": True}
         with Heartbeat(settings.libpq_url, lock, run_id, ttl, extra_locks=((claim, self.request.id),)):
@@ -198,7 +199,8 @@ def ingest_csv_segment(self, run_id: str, rel: str, start: int, end: int, failur
         return {"run_id": run_id, "segment": start, "run_status": final or "running"}
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
         if failures + 1 > settings.task_max_retries:
-            return _fail(_fresh(conn, settings), lock, run_id, ctx, f"segment {rel}@{start}: {exc}")
+            return _fail(_fresh(conn, settings) if conn else psycopg2.connect(settings.libpq_url, connect_timeout=10),
+                         lock, run_id, ctx, f"segment {rel}@{start}: {exc}")
         claim.release(self.request.id)
         raise self.retry(kwargs={"run_id": run_id, "rel": rel, "start": start, "end": end, "failures": failures + 1},
                          countdown=backoff_seconds(failures + 1, None), exc=exc)
@@ -206,15 +208,14 @@ def ingest_csv_segment(self, run_id: str, rel: str, start: int, end: int, failur
         raise
     except Exception as exc:
         log.exception("segment crashed", extra=ctx)
-        _fail(_fresh(conn, settings), lock, run_id, ctx, f"segment {rel}@{start}: {exc.__class__.__name__}: {exc}")
+        _fail(_fresh(conn, settings) if conn else psycopg2.connect(settings.libpq_url, connect_timeout=10),
+              lock, run_id, ctx, f"segment {rel}@{start}: {exc.__class__.__name__}: {exc}")
         raise
     finally:
         claim.release(self.request.id)
         for c in (conn, identity_conn):
-            try:
+            if c is not None:
                 c.close()
-            except Exception:
-                pass
 
 
 @celery_app.task(name=REAP_TASK)

@@ -201,3 +201,14 @@ def test_odd_inputs_never_answer_500(client, db_conn, path):
         if response.status_code >= 400:
             assert set(response.get_json()) == {"status", "error", "message", "details", "request_id"}
     assert client.get("/api/v1/assets/%00").status_code == 400
+
+
+def test_the_worker_ping_is_reused_for_a_few_seconds(client, db_conn, monkeypatch, app):
+    calls = []
+    monkeypatch.setattr(health_module, "ping_workers", lambda timeout: calls.append(1) or ["worker@test"])
+    monkeypatch.setitem(app.config, "HEALTH_WORKERS_CACHE_SECONDS", 60)
+    monkeypatch.setattr(health_module, "_worker_cache", {})
+    first = client.get("/health").get_json()["checks"]["workers"]
+    second = client.get("/health").get_json()["checks"]["workers"]
+    assert len(calls) == 1 and first["names"] == second["names"] == ["worker@test"]
+    assert second["cached"] is True and "cached" not in first
