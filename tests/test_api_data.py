@@ -151,30 +151,50 @@ def test_total_count_beyond_the_exact_cap_is_an_estimate(client, db_conn, monkey
     with db_conn.cursor() as cur:
         cur.execute("ANALYZE latest_quotes")
     monkeypatch.setattr(pagination, "EXACT_COUNT_CAP", 10)
-    unfiltered = client.get("/api/v1/data?limit=5").get_json()["metadata"]
-    assert unfiltered["total_count_exact"] is False and unfiltered["total_count"] == 60  # pg_class.reltuples
-    filtered = client.get("/api/v1/data?limit=5&source=coingecko").get_json()["metadata"]
+    long_ago = "since=2000-01-01T00:00:00Z"  # a filter without a maintained count, matching every row
+    filtered = client.get(f"/api/v1/data?limit=5&{long_ago}").get_json()["metadata"]
     assert filtered["total_count_exact"] is False and 11 <= filtered["total_count"] <= 60  # planner estimate
-    small = client.get("/api/v1/data?limit=5&symbol=C1&source=coingecko").get_json()["metadata"]
+    small = client.get(f"/api/v1/data?limit=5&symbol=C1&source=coingecko&{long_ago}").get_json()["metadata"]
     assert small["total_count_exact"] is True and small["total_count"] == 5  # coin-1, 8, 15, 22, 29
 
 
-def test_keyset_query_uses_the_sort_index(app, db_conn):
-    """The cursor query walks ix_latest_quotes_sort instead of sorting the table."""
-    from crypto_app.api.data import after_cursor, filtered_quotes
-    from crypto_app.extensions import db
+def test_unfiltered_and_per_source_totals_are_maintained_counts(client, db_conn, monkeypatch):
+    """No filter, or sources only: source_quote_stats has the exact count, whatever the size."""
+    from crypto_app.api import pagination
+
+    d.market(db_conn, 30)
+    monkeypatch.setattr(pagination, "EXACT_COUNT_CAP", 10)
+    for query, expected in (("", 60), ("&source=coingecko", 30), ("&source=coingecko,coinpaprika", 60),
+                            ("&source=csv", 0)):
+        meta = client.get(f"/api/v1/data?limit=5{query}").get_json()["metadata"]
+        assert (meta["total_count"], meta["total_count_exact"]) == (expected, True), query
+    with db_conn.cursor() as cur:
+        cur.execute("DELETE FROM latest_quotes WHERE asset_id IN (SELECT id FROM assets WHERE slug = 'coin-3')")
+    meta = client.get("/api/v1/data?limit=5").get_json()["metadata"]
+    assert (meta["total_count"], meta["total_count_exact"]) == (58, True)
+
+
+@pytest.mark.parametrize("offset, cursor, walk", [
+    (None, ["5000", 10, "coingecko"], "Index Only Scan using ix_latest_quotes_sort"),  # keyset: two range scans
+    (150, None, "Index Only Scan using ix_latest_quotes_sort"),  # rows skipped by OFFSET: in the index only
+    (0, None, "Index Scan using ix_latest_quotes_sort"),  # first page: the walk itself
+])
+def test_page_queries_walk_the_sort_index(db_conn, offset, cursor, walk):
+    """Page queries walk ix_latest_quotes_sort instead of sorting the table; pages other than the first
+    find their keys in the index alone (market_cap_usd is an INCLUDE column of it)."""
+    from crypto_app.api.data import COLUMNS, page_sql
+    from crypto_app.api.pagination import Window
 
     d.market(db_conn, 200, null_caps_every=10**6)
+    params = {}
+    sql = page_sql({}, Window(20, offset, cursor), COLUMNS, params)
     with db_conn.cursor() as cur:
-        cur.execute("ANALYZE latest_quotes")
-    with app.app_context():
-        stmt = after_cursor(filtered_quotes({}), ["5000", 10, "coingecko"], 20)
-        compiled = stmt.compile(dialect=db.engine.dialect)
-    with db_conn.cursor() as cur:
+        cur.execute("VACUUM ANALYZE latest_quotes")
         cur.execute("SET enable_seqscan = off")  # the tables are tiny; ask whether the index *can* serve it
-        cur.execute("EXPLAIN " + str(compiled), compiled.params)
+        cur.execute("SET enable_bitmapscan = off")
+        cur.execute("EXPLAIN " + sql, params)
         plan = "\n".join(r[0] for r in cur.fetchall())
-    assert "ix_latest_quotes_sort" in plan
+    assert walk in plan and "Seq Scan" not in plan, plan
 
 
 def test_legacy_data_route_keeps_system_a_shape(client, market3):

@@ -2,13 +2,14 @@
 
 
 def register_api(app, api):
-    from . import assets, auth, compat, context, data, errors, health, metrics, runs, stats
+    from . import assets, auth, compat, context, data, errors, health, metrics, readcache, runs, stats
 
     context.register(app)
     errors.register(app)
     errors.use_error_schema_in_docs(api)
     auth.register_security_scheme(api)
     metrics.init_http_metrics(app)
+    readcache.register(app)  # after the request-id and metrics hooks: cached answers are counted and logged
     api.spec.options["info"] = {"description": API_DESCRIPTION}
     for module in (data, assets, stats, runs, health, metrics, compat):
         api.register_blueprint(module.blp)
@@ -25,7 +26,11 @@ operations to trigger and inspect ingestion runs.
   `X-Request-ID` header to choose the id; it is echoed on every response.
 * **Paging**: `page`/`page_size` (max 100) or `limit`/`offset`, or the opaque keyset `cursor` from
   `metadata.next_cursor`. `total_count` is exact up to 10,000 matching rows, an estimate beyond
-  (`total_count_exact` says which).
+  (`total_count_exact` says which); on `/api/v1/data` without filters or filtered by source only it
+  is always exact (counts maintained as the data is written).
+* **Caching**: the read endpoints send a weak `ETag` and `Cache-Control: no-cache`; send it back in
+  `If-None-Match` to get `304 Not Modified` when the answer has not changed. Answers are cached by the
+  server until the next write commits, never longer: a response is never older than the data.
 * **Health**: `GET /health` answers 200 when `status` is `healthy` or `degraded` (broker down, no
   worker answering, or a stale source: data is still served) and 503 when `unhealthy` (database
   unreachable).

@@ -11,8 +11,9 @@ from sqlalchemy import func, or_, select
 
 from ..extensions import db
 from ..models import Asset, AssetIdentifier, LatestQuote
+from . import readcache
 from .errors import ApiError
-from .history import HistoryArgsSchema, HistorySchema, asset_history
+from .history import HistoryArgsSchema, HistorySchema, history_payload
 from .pagination import bounded_count, list_metadata, window
 from .schemas import ErrorSchema, ListMetadataSchema, Money, PageArgsSchema, QuoteValuesSchema
 
@@ -98,8 +99,13 @@ def consensus(prices: list[Decimal]) -> dict:
 @blp.arguments(AssetSearchArgsSchema, location="query")
 @blp.response(200, AssetListSchema, description="Assets, exact symbol matches first")
 @blp.alt_response(400, schema=ErrorSchema, description="Contradicting paging arguments")
+@blp.doc(responses=readcache.DOC_304)
 def list_assets(args):
     """Search assets"""
+    return readcache.serve(lambda: ASSET_LIST_SCHEMA.dump(search_assets(args)))
+
+
+def search_assets(args: dict) -> dict:
     win = window(args, 50)
     stmt = select(Asset.id, Asset.slug, Asset.symbol, Asset.name, Asset.created_at, sources_of().label("sources"))
     order = [Asset.id]
@@ -122,8 +128,13 @@ def list_assets(args):
 @blp.doc(parameters=[{"in": "path", "name": "asset_ref", **ASSET_REF_DOC}])
 @blp.response(200, AssetDetailSchema, description="Identifiers per source, latest quote per source, consensus")
 @blp.alt_response(404, schema=ErrorSchema, description="No such asset")
+@blp.doc(responses=readcache.DOC_304)
 def get_asset(asset_ref):
     """One asset across sources"""
+    return readcache.serve(lambda: ASSET_DETAIL_SCHEMA.dump(asset_detail(asset_ref)))
+
+
+def asset_detail(asset_ref: str) -> dict:
     asset = find_asset(asset_ref)
     quotes = list(db.session.scalars(select(LatestQuote).where(LatestQuote.asset_id == asset.id)
                                      .order_by(LatestQuote.source)))
@@ -139,6 +150,15 @@ def get_asset(asset_ref):
 @blp.arguments(HistoryArgsSchema, location="query")
 @blp.response(200, HistorySchema, description="Raw observations, or OHLC candles per source and interval")
 @blp.alt_response(404, schema=ErrorSchema, description="No such asset")
+@blp.doc(responses=readcache.DOC_304)
 def history(args, asset_ref):
     """Price history of one asset"""
-    return asset_history(find_asset(asset_ref), args)
+    return readcache.serve(lambda: history_payload(find_asset(asset_ref), args))
+
+
+ASSET_LIST_SCHEMA = AssetListSchema()
+ASSET_DETAIL_SCHEMA = AssetDetailSchema()
+readcache.cacheable("assets.list_assets")
+readcache.cacheable("assets.get_asset")
+# Without `until` the window ends "now": the answer changes with the clock, not only with the data.
+readcache.cacheable("assets.history", when=lambda req: "until" in req.args)

@@ -19,12 +19,14 @@ from marshmallow import fields, validate
 
 from ..extensions import db
 from ..pipeline.runs import TERMINAL, get_run
+from . import readcache
 from .auth import SECURITY, require_token
-from .data import DataArgsSchema, quote_page
+from .data import DataArgsSchema, quote_page_body
 from .errors import ApiError
+from .fastdump import FastDumper
 from .runs import RunListArgsSchema, RunListSchema, RunSchema, run_list, start_run
 from .schemas import ConflictSchema, ErrorSchema, ListMetadataSchema, QuoteRowSchema
-from .stats import StatsSchema, compute_stats
+from .stats import STATS_SCHEMA, StatsSchema, compute_stats
 
 blp = Blueprint("compat", __name__, description="Routes kept for clients of the systems cryptoflow replaces")
 POLL_SECONDS = 0.25
@@ -45,6 +47,9 @@ class LegacyQuoteRowSchema(QuoteRowSchema):
         "description": "Legacy float alias of market_cap_usd (may be rounded; market_cap_usd is exact)"})
 
 
+LEGACY_ROWS = FastDumper(LegacyQuoteRowSchema())
+
+
 class LegacyDataPageSchema(ma.Schema):
     data = fields.List(fields.Nested(LegacyQuoteRowSchema), required=True)
     metadata = fields.Nested(ListMetadataSchema, required=True)
@@ -61,16 +66,24 @@ class SyncArgsSchema(ma.Schema):
 @blp.response(200, LegacyDataPageSchema, description="As GET /api/v1/data (default page_size 50), rows with "
                                                      "the legacy fields too")
 @blp.alt_response(400, schema=ErrorSchema, description="Contradicting paging arguments")
+@blp.doc(responses=readcache.DOC_304)
 def legacy_data(args):
     """Latest quotes (legacy route of system A)"""
-    return quote_page(args, default_size=50)
+    return readcache.serve(lambda: quote_page_body(args, default_size=50, dumper=LEGACY_ROWS))
+
+
+readcache.cacheable("compat.legacy_data")
 
 
 @blp.route("/stats")
 @blp.response(200, StatsSchema, description="As GET /api/v1/stats")
+@blp.doc(responses=readcache.DOC_304)
 def legacy_stats():
     """ETL statistics (legacy route of system A)"""
-    return compute_stats()
+    return readcache.serve(lambda: STATS_SCHEMA.dump(compute_stats()))
+
+
+readcache.cacheable("compat.legacy_stats")
 
 
 @blp.route("/api/v1/etl/jobs")

@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.types import Interval
 
 from ..extensions import db
+from .fastdump import FastDumper
 from .schemas import Money, SourceField, UtcDateTime
 
 INTERVALS = {"5m": timedelta(minutes=5), "15m": timedelta(minutes=15), "1h": timedelta(hours=1),
@@ -108,5 +109,21 @@ def asset_history(asset, args: dict) -> dict:
     out = {"asset_id": asset.id, "slug": asset.slug, "symbol": asset.symbol, "interval": interval,
            "source": args.get("source"), "since": since, "until": until,
            "truncated": len(rows) > args["limit"]}
-    out["points" if interval == "raw" else "candles"] = [dict(r) for r in rows[: args["limit"]]]
+    out["points" if interval == "raw" else "candles"] = rows[: args["limit"]]
     return out
+
+
+POINTS = FastDumper(PointSchema())
+CANDLES = FastDumper(CandleSchema())
+HISTORY_HEAD = HistorySchema(exclude=("points", "candles"))
+
+
+def history_payload(asset, args: dict) -> dict:
+    """HistorySchema().dump(asset_history(asset, args)), with the points or candles dumped fast."""
+    out = asset_history(asset, args)
+    payload = HISTORY_HEAD.dump(out)
+    if "points" in out:
+        payload["points"] = POINTS.dump_many(out["points"])
+    else:
+        payload["candles"] = CANDLES.dump_many(out["candles"])
+    return payload

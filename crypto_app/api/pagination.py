@@ -91,6 +91,19 @@ def bounded_count(stmt, table_name: str | None = None) -> tuple[int, bool]:
     return max(int(estimate or 0), n), False
 
 
+def bounded_count_sql(sql: str, params: dict) -> tuple[int, bool]:
+    """bounded_count() for a plain SQL SELECT (pyformat parameters): its rows counted up to
+    EXACT_COUNT_CAP, the planner's estimate beyond. Returns (count, exact)."""
+    conn = db.session.connection()
+    n = conn.exec_driver_sql(f"SELECT count(*) FROM ({sql} LIMIT {EXACT_COUNT_CAP + 1}) capped", params).scalar_one()
+    if n <= EXACT_COUNT_CAP:
+        return n, True
+    plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar()
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return max(int(plan[0]["Plan"]["Plan Rows"]), n), False
+
+
 def planner_rows(stmt) -> int:
     """The planner's row estimate for `stmt` (EXPLAIN, never executed)."""
     compiled = stmt.compile(dialect=db.engine.dialect, compile_kwargs={"render_postcompile": True})

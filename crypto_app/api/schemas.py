@@ -81,8 +81,10 @@ class ListMetadataSchema(ma.Schema):
     offset = fields.Integer(allow_none=True, metadata={"description": "Rows skipped; null when paging by cursor"})
     total_count = fields.Integer(metadata={
         "description": "Rows matching the filters (ignoring paging). Exact when total_count_exact is true, "
-                       "which is the case whenever at most 10,000 rows match; beyond that, a planner "
-                       "estimate, so that no request ever counts a large table."})
+                       "which is the case whenever at most 10,000 rows match, and on /api/v1/data and /data "
+                       "without filters or filtered by source only (counts maintained as data is written); "
+                       "otherwise, beyond 10,000, a planner estimate, so that no request ever counts a "
+                       "large table."})
     total_count_exact = fields.Boolean()
     has_more = fields.Boolean(metadata={"description": "Whether rows follow this page"})
     next_cursor = fields.String(allow_none=True, metadata={

@@ -1,7 +1,8 @@
 """The data model. The schema itself exists only through migrations (see migrations/versions)."""
 from .assets import Asset, AssetIdentifier
 from .quotes import LatestQuote, Quote
+from .readmodel import DataVersion, ReadModelPending, RunStats, SourceQuoteStats
 from .runs import Checkpoint, EtlRun, RawPayload, RejectedRecord
 
 __all__ = ["Asset", "AssetIdentifier", "Quote", "LatestQuote", "EtlRun", "Checkpoint",
-           "RawPayload", "RejectedRecord"]
+           "RawPayload", "RejectedRecord", "DataVersion", "RunStats", "SourceQuoteStats", "ReadModelPending"]
