@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from ..coordination import RateLimiter
 from ..sources import build_source
@@ -189,14 +189,8 @@ class IngestionRun:
         self.conn.commit()
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def backoff_seconds(failures: int, retry_after: float | None, maximum: float = 600.0) -> float:
     """Exponential backoff with full jitter; an upstream's Retry-After wins when it is longer."""
-    import random
-
     ceiling = min(maximum, 2.0 ** max(failures, 1))
     delay = random.uniform(ceiling / 2, ceiling)
     if retry_after:

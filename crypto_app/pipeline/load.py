@@ -11,8 +11,6 @@ Quotes go through COPY into a temporary staging table and one set-based upsert:
 from __future__ import annotations
 
 import io
-import json
-import logging
 import queue
 import re
 import threading
@@ -23,7 +21,6 @@ from psycopg2.extras import Json, execute_values
 
 from ..models.quotes import QUOTE_VALUE_COLUMNS
 
-log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("asset_id",) + QUOTE_VALUE_COLUMNS + ("observed_at", "fetched_at", "run_id", "payload_hash")
 _COLS = ", ".join(ROW_COLUMNS)

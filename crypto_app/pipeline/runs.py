@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 
 import redis as redis_lib
 from flask import current_app
-from sqlalchemy import select
 
 from ..celery_settings import INGEST_TASK
 from ..coordination import SourceLock, redis_client
@@ -93,8 +92,3 @@ def get_run(run_id) -> EtlRun | None:
     except ValueError:
         return None
     return db.session.get(EtlRun, key)
-
-
-def active_run(source: str) -> EtlRun | None:
-    return db.session.scalars(select(EtlRun).where(EtlRun.source == source, EtlRun.status.in_(("queued", "running")))
-                              .order_by(EtlRun.created_at.desc()).limit(1)).first()
