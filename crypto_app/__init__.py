@@ -46,6 +46,9 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
 
     register_api(app, rest_api)
     app.register_blueprint(docs_assets.blp)
+    from .dashboard import blp as dashboard_blp
+
+    app.register_blueprint(dashboard_blp)
     register_cli(app)
     return app
 
