@@ -33,7 +33,7 @@
     localization: {priceFormatter: (p) => money(p)},
   };
   const priceChart = LWC.createChart(byId("price-chart"), chartOptions);
-  const candleChart = LWC.createChart(byId("candle-chart"), chartOptions);
+  let candleChart = null;                 // created when its section first shows: a hidden box has no size
 
   function keyOf(row) {
     return row.dataset ? `${row.source}: ${row.dataset}` : row.source;
@@ -147,6 +147,10 @@
       return;
     }
     section.hidden = false;
+    if (!candleChart) {
+      candleChart = LWC.createChart(byId("candle-chart"), chartOptions);
+      fitPending = true;
+    }
     const select = byId("candle-series");
     const chosen = keys.includes(select.value) ? select.value : keys[0];
     select.replaceChildren(...keys.map((k) => el("option", {value: k, selected: k === chosen ? "selected" : null}, k)));
@@ -207,16 +211,18 @@
     const shared = drawPrices(series);
     drawCandles(series, history.interval);
     const count = Object.values(series).reduce((n, l) => n + l.length, 0);
+    const times = Object.values(series).flat().map((p) => p.time);
+    const iso = (t) => new Date(t * 1000).toISOString();
     byId("price-note").textContent = count
       ? `${count} ${history.interval === "raw" ? "observations" : `${history.interval} closes`} from ` +
-        `${time(history.since)} to ${time(history.until)}` +
+        `${time(iso(Math.min(...times)))} to ${time(iso(Math.max(...times)))}` +
         (shared ? `; consensus and spread where ${Object.keys(series).length > 1 ? "series overlap" : "—"}.` :
           Object.keys(series).length > 1 ? "; the series do not overlap in time, so no consensus line." : ".") +
         (history.truncated ? " Truncated: choose a shorter range." : "")
       : "No price in this range: choose another range.";
     if (fitPending && count) {
       priceChart.timeScale().fitContent();
-      candleChart.timeScale().fitContent();
+      if (candleChart) candleChart.timeScale().fitContent();
       fitPending = false;
     }
   }
@@ -237,7 +243,7 @@
   });
   byId("candle-series").addEventListener("change", () => {
     drawCandles(lastCandles, RANGES[range]().interval);
-    candleChart.timeScale().fitContent();
+    if (candleChart) candleChart.timeScale().fitContent();
   });
   markRange();
   CF.every(load);

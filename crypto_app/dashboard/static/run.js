@@ -19,6 +19,13 @@
     return el("pre", {class: "json"}, JSON.stringify(value, null, 2));
   }
 
+  /* A long JSON value, folded; it stays open across refreshes once the reader opened it. */
+  function folded(key, value) {
+    const before = byId("run-facts").querySelector(`details[data-key="${key}"]`);
+    return el("details", {"data-key": key, open: before && before.open ? "open" : null},
+      el("summary", {}, `${Object.keys(value).length} fields`), json(value));
+  }
+
   function errorsList(errors) {
     if (!errors || typeof errors !== "object") return json(errors);
     return el("ul", {class: "errors"}, ...Object.entries(errors).map(([field, messages]) =>
@@ -46,12 +53,13 @@
       ["source", run.source], ["trigger", run.trigger], ["created", time(run.created_at)],
       ["started", time(run.started_at)], ["finished", time(run.finished_at)],
       ["last heartbeat", time(run.heartbeat_at)], ["deliveries", int(run.deliveries)],
-      ["schema drift", run.schema_drift ? json(run.schema_drift) : undefined],
-      ["checkpoint before", run.checkpoint_before ? json(run.checkpoint_before) : undefined],
-      ["checkpoint after", run.checkpoint_after ? json(run.checkpoint_after) : undefined],
+      ["schema drift", run.schema_drift ? folded("drift", run.schema_drift) : undefined],
+      ["checkpoint before", run.checkpoint_before ? folded("before", run.checkpoint_before) : undefined],
+      ["checkpoint after", run.checkpoint_after ? folded("after", run.checkpoint_after) : undefined],
     ]);
     const stats = run.stats || {};
-    kv(byId("run-stats"), Object.entries(stats).map(([key, value]) =>
+    kv(byId("run-stats"), Object.entries(stats).filter(([, v]) => !(v && typeof v === "object" &&
+      !Object.keys(v).length)).map(([key, value]) =>
       [key.replace(/_/g, " "), typeof value === "object" && value !== null
         ? Object.entries(value).map(([k, v]) => `${k}: ${v}`).join(", ") : String(value)]));
     const records = run.rejected_records || [];
