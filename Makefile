@@ -10,7 +10,7 @@ EMBEDDED := $(BIN)/python -m crypto_app.embedded exec
 export PORT ?= 8000
 export FLOWER_PORT ?= 5555
 
-.PHONY: help install run serve test test-fast smoke worker beat flower db-migrate up down logs clean bench
+.PHONY: help install run serve test test-browser screenshots test-fast smoke worker beat flower db-migrate up down logs clean bench
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -36,6 +36,14 @@ serve: $(INSTALLED)
 
 test: $(INSTALLED) ## run the test suite against real PostgreSQL and Redis
 	$(BIN)/pytest -q
+
+test-browser: $(INSTALLED) ## the dashboard's browser tests alone (headless Chromium; also part of make test)
+	$(BIN)/pytest -q tests/browser
+
+screenshots: $(INSTALLED) ## a PNG of each dashboard page, with data, under var/screenshots/
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { echo "make screenshots needs headless Chromium: apt-get install -y chromium chromium-driver"; exit 2; }
+	DASHBOARD_SCREENSHOTS=$(CURDIR)/var/screenshots $(BIN)/pytest -q tests/browser
+	@ls var/screenshots/*.png
 
 smoke: $(INSTALLED) ## end-to-end check against a running system (make run in another shell)
 	$(BIN)/python tests/smoke.py --url http://localhost:$(PORT)

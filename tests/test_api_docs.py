@@ -74,7 +74,7 @@ def test_document_is_complete_and_well_formed(spec, client):
     assert spec["openapi"].startswith("3.") and spec["info"]["title"] == "cryptoflow"
     assert "503 when `unhealthy`" in spec["info"]["description"]
     expected = {"/api/v1/data", "/api/v1/assets", "/api/v1/assets/{asset_ref}", "/api/v1/assets/{asset_ref}/history",
-                "/api/v1/stats", "/api/v1/runs", "/api/v1/runs/{run_id}", "/api/v1/runs/compare", "/health",
+                "/api/v1/stats", "/api/v1/sources", "/api/v1/runs", "/api/v1/runs/{run_id}", "/api/v1/runs/compare", "/health",
                 "/health/live", "/health/ready", "/metrics", "/api/v1/metrics", "/data", "/stats",
                 "/api/v1/etl/jobs", "/api/v1/etl/run/{source}"}
     assert expected <= set(spec["paths"])
@@ -129,6 +129,8 @@ def test_responses_match_their_declared_schemas(spec, client, db_conn):
     check(spec, client, "get", "/api/v1/assets/bitcoin/history", 200, "/api/v1/assets/{asset_ref}/history")
     check(spec, client, "get", "/api/v1/assets/bitcoin/history?interval=1h", 200, "/api/v1/assets/{asset_ref}/history")
     check(spec, client, "get", "/api/v1/stats", 200, "/api/v1/stats")
+    d.run(db_conn, "coingecko", "failed", error="boom", stats={"rate_limit_waits": 1, "http_status": {"429": 2}})
+    check(spec, client, "get", "/api/v1/sources", 200, "/api/v1/sources")
     check(spec, client, "get", "/stats", 200, "/stats")
     check(spec, client, "get", "/api/v1/runs", 200, "/api/v1/runs")
     check(spec, client, "get", "/api/v1/etl/jobs", 200, "/api/v1/etl/jobs")

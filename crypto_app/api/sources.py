@@ -9,7 +9,7 @@ with the clock).
 from __future__ import annotations
 
 import marshmallow as ma
-from flask import current_app, url_for
+from flask import current_app
 from flask_smorest import Blueprint
 from marshmallow import fields
 from sqlalchemy import bindparam, text
@@ -56,13 +56,6 @@ class RecentRunsSchema(ma.Schema):
     http_429 = fields.Integer(metadata={"description": "HTTP 429 answers from the upstream"})
 
 
-class LastErrorSchema(ma.Schema):
-    run_id = fields.UUID()
-    at = fields.DateTime(metadata={"description": "When that run finished (or was created, if unfinished)"})
-    error = fields.String()
-    location = fields.String(metadata={"description": "URL of that run"})
-
-
 class SourceStatusSchema(ma.Schema):
     source = fields.String(required=True)
     schedule_seconds = fields.Integer(metadata={"description": "Seconds between scheduled runs"})
@@ -73,8 +66,11 @@ class SourceStatusSchema(ma.Schema):
     last_run_id = fields.UUID(allow_none=True)
     last_status = fields.String(allow_none=True, metadata={"description": "Status of the newest run"})
     last_run_at = fields.DateTime(allow_none=True, metadata={"description": "When the newest run was created"})
-    last_error = fields.Nested(LastErrorSchema, allow_none=True, metadata={
-        "description": "The newest run that recorded an error (it may be older than a later success)"})
+    last_error = fields.String(allow_none=True, metadata={
+        "description": "Error of the newest run that recorded one (it may be older than a later success)"})
+    last_error_at = fields.DateTime(allow_none=True, metadata={
+        "description": "When that run finished (or was created, if unfinished)"})
+    last_error_run_id = fields.UUID(allow_none=True, metadata={"description": "That run (GET /api/v1/runs/{id})"})
     recent = fields.Nested(RecentRunsSchema)
 
 
@@ -90,13 +86,11 @@ def source_statuses() -> list[dict]:
     for row in rows:
         schedule = settings.sources[row["source"]].schedule_seconds
         age = None if row["age"] is None else round(max(float(row["age"]), 0.0), 1)
-        error = None if row["error_run_id"] is None else {
-            "run_id": row["error_run_id"], "at": row["error_at"], "error": row["error"],
-            "location": url_for("runs.get_one", run_id=row["error_run_id"])}
         out.append({
             "source": row["source"], "schedule_seconds": schedule, "last_success": row["last_success"],
             "age_seconds": age, "stale": age is None or age > 2 * schedule, "last_run_id": row["last_run_id"],
-            "last_status": row["last_status"], "last_run_at": row["last_run_at"], "last_error": error,
+            "last_status": row["last_status"], "last_run_at": row["last_run_at"], "last_error": row["error"],
+            "last_error_at": row["error_at"], "last_error_run_id": row["error_run_id"],
             "recent": {"hours": WINDOW_HOURS, "runs": row["runs"], "failed": row["failed"],
                        "rate_limit_waits": row["waits"], "rate_limit_wait_seconds": round(row["wait_seconds"], 3),
                        "http_429": row["http_429"]},

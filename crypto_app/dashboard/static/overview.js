@@ -38,19 +38,19 @@
   function renderSources(sources) {
     const rows = sources.map((s) => {
       const recent = s.recent || {};
-      const error = s.last_error;
       return el("tr", {"data-source": s.source},
         el("td", {}, el("strong", {}, s.source)),
         el("td", {}, el("span", {class: `pill ${s.stale ? "stale" : "fresh"}`}, s.stale ? "stale" : "fresh")),
         el("td", {title: time(s.last_success)}, ago(s.last_success)),
-        el("td", {}, `every ${duration(s.schedule_seconds)}`),
-        el("td", {}, s.last_run_id ? link(runHref(s.last_run_id), statusPill(s.last_status)) : "–",
+        el("td", {class: "nowrap"}, `every ${duration(s.schedule_seconds)}`),
+        el("td", {class: "nowrap"}, s.last_run_id ? link(runHref(s.last_run_id), statusPill(s.last_status)) : "–",
           s.last_run_at ? el("span", {class: "muted"}, " ", ago(s.last_run_at)) : null),
-        el("td", {class: "error-cell"}, error ? link(runHref(error.run_id), error.error, {title: error.error}) : "–",
-          error ? el("span", {class: "muted"}, " ", ago(error.at)) : null),
+        el("td", {class: "error-cell"}, s.last_error ? link(runHref(s.last_error_run_id), s.last_error,
+          {title: `${s.last_error} (${time(s.last_error_at)})`}) : "–"),
         el("td", {class: "num"}, int(recent.runs)),
         el("td", {class: `num ${recent.failed ? "bad-text" : ""}`}, int(recent.failed)),
-        el("td", {class: "num"}, `${int(recent.rate_limit_waits)} (${duration(recent.rate_limit_wait_seconds || 0)})`),
+        el("td", {class: `num ${recent.rate_limit_waits ? "warn-text" : ""}`}, recent.rate_limit_waits
+          ? `${int(recent.rate_limit_waits)} (${duration(recent.rate_limit_wait_seconds || 0)})` : "0"),
         el("td", {class: `num ${recent.http_429 ? "warn-text" : ""}`}, int(recent.http_429)));
     });
     fill(byId("sources-table").tBodies[0], rows, "No source is enabled.");
@@ -77,7 +77,8 @@
       el("td", {}, q.symbol),
       el("td", {}, q.dataset ? `${q.source}: ${q.dataset}` : q.source),
       el("td", {class: "num", title: q.price_usd}, money(q.price_usd)),
-      el("td", {class: `num ${Number(q.change_24h_pct) < 0 ? "bad-text" : "ok-text"}`}, pct(q.change_24h_pct)),
+      el("td", {class: `num ${q.change_24h_pct == null ? "" : Number(q.change_24h_pct) < 0 ? "bad-text" : "ok-text"}`},
+        pct(q.change_24h_pct)),
       el("td", {class: "num", title: q.market_cap_usd}, compact(q.market_cap_usd)),
       el("td", {title: time(q.observed_at)}, ago(q.observed_at))));
     fill(byId("prices-table").tBodies[0], rows, "No data yet.");
