@@ -87,11 +87,11 @@ window.CF = (function () {
     return (n > 0 ? "+" : "") + n.toFixed(2) + "%";
   }
 
-  function time(iso) {
+  function time(iso, withSeconds) {
     if (!iso) return "–";
     const d = new Date(iso);
     if (Number.isNaN(d.getTime())) return String(iso);
-    return d.toISOString().replace("T", " ").slice(0, 16) + " UTC";
+    return d.toISOString().replace("T", " ").slice(0, withSeconds ? 19 : 16) + " UTC";
   }
 
   function duration(seconds) {

@@ -45,7 +45,7 @@
         el("td", {class: "nowrap"}, `every ${duration(s.schedule_seconds)}`),
         el("td", {class: "nowrap"}, s.last_run_id ? link(runHref(s.last_run_id), statusPill(s.last_status)) : "–",
           s.last_run_at ? el("span", {class: "muted"}, " ", ago(s.last_run_at)) : null),
-        el("td", {class: "error-cell"}, s.last_error ? link(runHref(s.last_error_run_id), s.last_error,
+        el("td", {class: s.last_error ? "error-cell" : "muted"}, s.last_error ? link(runHref(s.last_error_run_id), s.last_error,
           {title: `${s.last_error} (${time(s.last_error_at)})`}) : "–"),
         el("td", {class: "num"}, int(recent.runs)),
         el("td", {class: `num ${recent.failed ? "bad-text" : ""}`}, int(recent.failed)),
@@ -67,7 +67,7 @@
       el("td", {class: "num"}, r.rejected ? link(`${runHref(r.id)}#rejected`, int(r.rejected),
         {class: "rejected-link", title: "See the rejected records and their reasons"}) : "0"),
       el("td", {class: "num"}, duration(r.duration_seconds)),
-      el("td", {class: "error-cell", title: r.error || ""}, r.error || "")));
+      el("td", {class: r.error ? "error-cell" : "", title: r.error || null}, r.error || "")));
     fill(byId("runs-table").tBodies[0], rows, "No run yet: trigger one with POST /api/v1/runs or flask etl run.");
   }
 

@@ -26,6 +26,10 @@
       el("summary", {}, `${Object.keys(value).length} fields`), json(value));
   }
 
+  function filled(value) {
+    return !!value && typeof value === "object" && Object.keys(value).length > 0;
+  }
+
   function errorsList(errors) {
     if (!errors || typeof errors !== "object") return json(errors);
     return el("ul", {class: "errors"}, ...Object.entries(errors).map(([field, messages]) =>
@@ -50,12 +54,12 @@
       card("rejected", int(run.rejected), run.rejected ? "warn" : ""),
       card("pages", int(run.pages)), card("duration", duration(run.duration_seconds)));
     kv(byId("run-facts"), [
-      ["source", run.source], ["trigger", run.trigger], ["created", time(run.created_at)],
-      ["started", time(run.started_at)], ["finished", time(run.finished_at)],
-      ["last heartbeat", time(run.heartbeat_at)], ["deliveries", int(run.deliveries)],
-      ["schema drift", run.schema_drift ? folded("drift", run.schema_drift) : undefined],
-      ["checkpoint before", run.checkpoint_before ? folded("before", run.checkpoint_before) : undefined],
-      ["checkpoint after", run.checkpoint_after ? folded("after", run.checkpoint_after) : undefined],
+      ["source", run.source], ["trigger", run.trigger], ["created", time(run.created_at, true)],
+      ["started", time(run.started_at, true)], ["finished", time(run.finished_at, true)],
+      ["last heartbeat", time(run.heartbeat_at, true)], ["deliveries", int(run.deliveries)],
+      ["schema drift", filled(run.schema_drift) ? folded("drift", run.schema_drift) : undefined],
+      ["checkpoint before", filled(run.checkpoint_before) ? folded("before", run.checkpoint_before) : undefined],
+      ["checkpoint after", filled(run.checkpoint_after) ? folded("after", run.checkpoint_after) : undefined],
     ]);
     const stats = run.stats || {};
     kv(byId("run-stats"), Object.entries(stats).filter(([, v]) => !(v && typeof v === "object" &&
@@ -67,6 +71,7 @@
       ? `${int(run.rejected)} record${run.rejected === 1 ? "" : "s"} rejected` +
         (records.length < run.rejected ? `; the first ${records.length} are shown.` : ".")
       : "No record was rejected.";
+    byId("rejected-table").hidden = records.length === 0;
     fill(byId("rejected-table").tBodies[0], records.map((r, i) => el("tr", {class: "rejected-row"},
       el("td", {class: "num"}, i + 1),
       el("td", {class: "reason"}, r.reason),
