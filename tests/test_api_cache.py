@@ -295,7 +295,7 @@ def _writer(test_env, lo: int, seed: int, transactions: int, errors: list):
                         cur.execute("INSERT INTO latest_quotes (asset_id, source, price_usd, observed_at, fetched_at, "
                                     "run_id, payload_hash) SELECT a, s, 1, o, now(), gen_random_uuid(), 'h' "
                                     "FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[]) AS t(a, s, o) "
-                                    "ON CONFLICT (asset_id, source) DO UPDATE SET observed_at = EXCLUDED.observed_at",
+                                    "ON CONFLICT (asset_id, dataset_id) DO UPDATE SET observed_at = EXCLUDED.observed_at",
                                     ([a for (a, _), _ in rows], [s for (_, s), _ in rows], [o for _, o in rows]))
                     elif k < 0.95:
                         cur.execute("UPDATE latest_quotes SET observed_at = observed_at - interval '1 day' "
