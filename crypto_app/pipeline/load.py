@@ -90,7 +90,7 @@ class LoadBatch:
     content_hash: str
     locator: dict
     fetched_at: datetime
-    dataset_id: int | None = None        # required when there are rows (pipeline/datasets.py)
+    dataset_id: int | None = None        # pipeline/datasets.py; None: the source's default dataset
     dataset_interval: object = None      # a timedelta to record as the dataset's native interval, if unknown
     raw_body: object = None
     record_count: int = 0
@@ -126,7 +126,7 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
             rows = _dedupe(batch.rows)
             if rows:
                 if batch.dataset_id is None:
-                    raise ValueError("a batch with rows needs its dataset_id")
+                    batch.dataset_id = _default_dataset(cur, batch.source)
                 result = _upsert_quotes(cur, batch, rows)
             if batch.dataset_interval is not None and batch.dataset_id is not None:
                 cur.execute("UPDATE datasets SET native_interval = %s WHERE id = %s AND native_interval IS NULL",
@@ -202,6 +202,19 @@ def _dedupe(rows: list[dict]) -> list[dict]:
     for row in rows:
         unique[(row["asset_id"], row["observed_at"])] = row
     return list(unique.values())
+
+
+def _default_dataset(cur, source: str) -> int:
+    """The source's default dataset (migration 0003: coingecko:markets, coinpaprika:tickers,
+    csv:unknown-file), for a caller that names none; the pipeline always names one."""
+    cur.execute("SELECT id FROM datasets WHERE name = cryptoflow_default_dataset_name(%s)", (source,))
+    row = cur.fetchone()
+    if row is None:
+        cur.execute("INSERT INTO datasets (name, source, endpoint) SELECT n, %s, split_part(n, ':', 2) "
+                    "FROM cryptoflow_default_dataset_name(%s) n ON CONFLICT (name) DO NOTHING", (source, source))
+        cur.execute("SELECT id FROM datasets WHERE name = cryptoflow_default_dataset_name(%s)", (source,))
+        row = cur.fetchone()
+    return row[0]
 
 
 def _upsert_quotes(cur, batch: LoadBatch, rows: list[dict]) -> BatchResult:

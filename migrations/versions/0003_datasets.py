@@ -211,6 +211,8 @@ def upgrade():
     op.execute("CREATE INDEX ix_latest_quotes_dataset ON latest_quotes (dataset_id)")
     op.execute(TRIGGERS)
     op.execute("SELECT cryptoflow_rm_rebuild()")
+    # apply the read model's deferred deltas now: a later migration in this transaction may alter its tables
+    op.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 def downgrade():
@@ -247,3 +249,4 @@ def downgrade():
                      "cryptoflow_default_dataset_name(text)"):
         op.execute(f"DROP FUNCTION IF EXISTS {function}")
     op.execute("SELECT cryptoflow_rm_rebuild()")
+    op.execute("SET CONSTRAINTS ALL IMMEDIATE")   # 0002's downgrade drops the tables the deltas go to
