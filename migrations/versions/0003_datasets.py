@@ -191,6 +191,9 @@ def upgrade():
     op.execute("CREATE INDEX ix_dataset_assets_dataset ON dataset_assets (dataset_id)")
     for table in ("quotes", "latest_quotes"):
         op.execute(f"ALTER TABLE {table} ADD COLUMN dataset_id integer, ADD COLUMN flags text[]")
+    # the old keys go first: the carry-over adds latest rows that share (asset, source)
+    op.execute("ALTER TABLE quotes DROP CONSTRAINT uq_quotes_asset_source_observed")
+    op.execute("ALTER TABLE latest_quotes DROP CONSTRAINT pk_latest_quotes")
     _raw(FUNCTIONS)
     _raw(CARRY_OVER)
     op.execute("INSERT INTO dataset_assets (dataset_id, asset_id, rows, first_observed_at, last_observed_at) "
@@ -200,10 +203,9 @@ def upgrade():
         op.execute(f"ALTER TABLE {table} ALTER COLUMN dataset_id SET NOT NULL, "
                    f"ADD CONSTRAINT fk_{table}_dataset_id_datasets FOREIGN KEY (dataset_id) REFERENCES datasets (id), "
                    f"ADD CONSTRAINT ck_{table}_flags_not_empty CHECK (cardinality(flags) > 0)")
-    op.execute("ALTER TABLE quotes DROP CONSTRAINT uq_quotes_asset_source_observed, "
+    op.execute("ALTER TABLE quotes "
                "ADD CONSTRAINT uq_quotes_asset_dataset_observed UNIQUE (asset_id, dataset_id, observed_at)")
-    op.execute("ALTER TABLE latest_quotes DROP CONSTRAINT pk_latest_quotes, "
-               "ADD CONSTRAINT pk_latest_quotes PRIMARY KEY (asset_id, dataset_id)")
+    op.execute("ALTER TABLE latest_quotes ADD CONSTRAINT pk_latest_quotes PRIMARY KEY (asset_id, dataset_id)")
     op.execute(f"CREATE INDEX ix_latest_quotes_sort_next ON latest_quotes ({SORT_KEY}, dataset_id) "
                "INCLUDE (market_cap_usd)")
     op.execute("DROP INDEX ix_latest_quotes_sort")
