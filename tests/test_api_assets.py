@@ -47,7 +47,7 @@ def test_one_asset_across_sources_with_consensus(client, coins):
     assert [(q["source"], q["price_usd"]) for q in body["quotes"]] == [
         ("coingecko", "100.00"), ("coinpaprika", "103.00"), ("csv", "101.50")]
     assert body["quotes"][0]["run_id"] == coins["run_cg"]
-    assert body["consensus"] == {"sources": 3, "median_price_usd": "101.50", "min_price_usd": "100.00",
+    assert body["consensus"] == {"sources": 3, "datasets": 3, "stale_excluded": 0, "median_price_usd": "101.50", "min_price_usd": "100.00",
                                  "max_price_usd": "103.00", "spread_usd": "3.00", "spread_pct": "2.9557"}
     assert client.get("/api/v1/assets/bitcoin").get_json()["id"] == coins["btc"]  # by slug too
 

@@ -295,7 +295,7 @@ def _writer(test_env, lo: int, seed: int, transactions: int, errors: list):
                         cur.execute("INSERT INTO latest_quotes (asset_id, source, price_usd, observed_at, fetched_at, "
                                     "run_id, payload_hash) SELECT a, s, 1, o, now(), gen_random_uuid(), 'h' "
                                     "FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[]) AS t(a, s, o) "
-                                    "ON CONFLICT (asset_id, source) DO UPDATE SET observed_at = EXCLUDED.observed_at",
+                                    "ON CONFLICT (asset_id, dataset_id) DO UPDATE SET observed_at = EXCLUDED.observed_at",
                                     ([a for (a, _), _ in rows], [s for (_, s), _ in rows], [o for _, o in rows]))
                     elif k < 0.95:
                         cur.execute("UPDATE latest_quotes SET observed_at = observed_at - interval '1 day' "
@@ -473,10 +473,12 @@ def test_migration_0002_downgrades_and_upgrades(test_env, db_conn):
             d.run(conn, "csv", fetched=5, loaded=4, rejected=1)
             asset_id = d.asset(conn, "bitcoin", "BTC", "Bitcoin")
             d.latest(conn, asset_id, "csv", "1", d.run(conn, "csv", "failed"))
+            flask_db("upgrade", "0002")
+            assert_read_model_matches(conn)
+            assert d_rows(conn, "SELECT version FROM data_version") == [(1,)]
             flask_db("upgrade")
             assert "No new upgrade operations detected" in flask_db("check")
             assert_read_model_matches(conn)
-            assert d_rows(conn, "SELECT version FROM data_version") == [(1,)]
             flask_db("downgrade", "0001")
             tables = {r[0] for r in d_rows(conn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
             assert not tables & {"data_version", "run_stats", "source_quote_stats", "read_model_pending"}

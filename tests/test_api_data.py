@@ -175,7 +175,7 @@ def test_unfiltered_and_per_source_totals_are_maintained_counts(client, db_conn,
 
 
 @pytest.mark.parametrize("offset, cursor, walk", [
-    (None, ["5000", 10, "coingecko"], "Index Only Scan using ix_latest_quotes_sort"),  # keyset: two range scans
+    (None, ["5000", 10, 1], "Index Only Scan using ix_latest_quotes_sort"),  # keyset: two range scans
     (150, None, "Index Only Scan using ix_latest_quotes_sort"),  # rows skipped by OFFSET: in the index only
     (0, None, "Index Scan using ix_latest_quotes_sort"),  # first page: the walk itself
 ])

@@ -1,17 +1,23 @@
-"""Assets: search, one asset across sources (with a consensus price), and its price history."""
+"""Assets: search, one asset across sources and datasets (with a consensus price), and its price history.
+
+The consensus spans every dataset's latest quote of the asset (API endpoints and CSV files alike)
+observed within CONSENSUS_WINDOW of the newest of them: a CSV file that ends in 2018 does not vote on
+today's price (it is counted in `stale_excluded`)."""
 from __future__ import annotations
 
 import statistics
+from datetime import timedelta
 from decimal import Decimal
 
 import marshmallow as ma
 from flask_smorest import Blueprint
 from marshmallow import fields, validate
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, text
 
 from ..extensions import db
-from ..models import Asset, AssetIdentifier, LatestQuote
+from ..models import Asset, AssetIdentifier
 from . import readcache
+from .datasets import DatasetSchema, asset_datasets
 from .errors import ApiError
 from .history import HistoryArgsSchema, HistorySchema, history_payload
 from .pagination import bounded_count, list_metadata, window
@@ -20,6 +26,7 @@ from .schemas import ErrorSchema, ListMetadataSchema, Money, PageArgsSchema, Quo
 blp = Blueprint("assets", __name__, url_prefix="/api/v1/assets", description="Assets across sources")
 ASSET_REF_DOC = {"description": "Asset id, or its slug", "schema": {"type": "string"}}
 identifiers = AssetIdentifier.__table__
+CONSENSUS_WINDOW = timedelta(days=1)
 
 
 class AssetSearchArgsSchema(PageArgsSchema):
@@ -52,8 +59,11 @@ class IdentifierSchema(ma.Schema):
 
 
 class ConsensusSchema(ma.Schema):
-    sources = fields.Integer(metadata={"description": "Sources with a latest price"})
-    median_price_usd = Money("Median of the sources' latest prices")
+    sources = fields.Integer(metadata={"description": "Sources among the datasets counted"})
+    datasets = fields.Integer(metadata={"description": "Datasets whose latest price is counted"})
+    stale_excluded = fields.Integer(metadata={
+        "description": "Datasets left out: their latest observation is more than a day older than the newest"})
+    median_price_usd = Money("Median of the counted datasets' latest prices")
     min_price_usd = Money("Lowest latest price")
     max_price_usd = Money("Highest latest price")
     spread_usd = Money("max - min")
@@ -62,7 +72,10 @@ class ConsensusSchema(ma.Schema):
 
 class AssetDetailSchema(AssetSchema):
     identifiers = fields.List(fields.Nested(IdentifierSchema))
-    quotes = fields.List(fields.Nested(QuoteValuesSchema), metadata={"description": "Latest quote per source"})
+    datasets = fields.List(fields.Nested(DatasetSchema), metadata={
+        "description": "Datasets holding this asset, with provenance; rows and first/last observation of this asset"})
+    quotes = fields.List(fields.Nested(QuoteValuesSchema), metadata={
+        "description": "Latest quote per dataset (ordered by source, then dataset)"})
     consensus = fields.Nested(ConsensusSchema)
 
 
@@ -85,13 +98,21 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def consensus(prices: list[Decimal]) -> dict:
+def consensus(quotes: list[dict]) -> dict:
+    """Median, range and spread of the latest prices of the datasets observed within CONSENSUS_WINDOW of
+    the newest one."""
+    priced = [q for q in quotes if q["price_usd"] is not None]
+    newest = max((q["observed_at"] for q in priced), default=None)
+    fresh = [q for q in priced if q["observed_at"] >= newest - CONSENSUS_WINDOW] if newest else []
+    prices = [q["price_usd"] for q in fresh]
+    counts = {"sources": len({q["source"] for q in fresh}), "datasets": len(fresh),
+              "stale_excluded": len(priced) - len(fresh)}
     if not prices:
-        return {"sources": 0, "median_price_usd": None, "min_price_usd": None, "max_price_usd": None,
+        return {**counts, "median_price_usd": None, "min_price_usd": None, "max_price_usd": None,
                 "spread_usd": None, "spread_pct": None}
     median, low, high = statistics.median(prices), min(prices), max(prices)
     pct = ((high - low) / median * 100).quantize(Decimal("0.0001")) if median else None
-    return {"sources": len(prices), "median_price_usd": median, "min_price_usd": low, "max_price_usd": high,
+    return {**counts, "median_price_usd": median, "min_price_usd": low, "max_price_usd": high,
             "spread_usd": high - low, "spread_pct": pct}
 
 
@@ -126,7 +147,8 @@ def search_assets(args: dict) -> dict:
 
 @blp.route("/<asset_ref>")
 @blp.doc(parameters=[{"in": "path", "name": "asset_ref", **ASSET_REF_DOC}])
-@blp.response(200, AssetDetailSchema, description="Identifiers per source, latest quote per source, consensus")
+@blp.response(200, AssetDetailSchema, description="Identifiers per source, datasets with provenance, latest quote "
+                                                  "per dataset, consensus")
 @blp.alt_response(404, schema=ErrorSchema, description="No such asset")
 @blp.doc(responses=readcache.DOC_304)
 def get_asset(asset_ref):
@@ -134,15 +156,23 @@ def get_asset(asset_ref):
     return readcache.serve(lambda: ASSET_DETAIL_SCHEMA.dump(asset_detail(asset_ref)))
 
 
+LATEST_SQL = text("""
+    SELECT lq.*, ds.name AS dataset, coalesce(lq.flags, '{}'::text[]) AS flags
+    FROM latest_quotes lq JOIN datasets ds ON ds.id = lq.dataset_id
+    WHERE lq.asset_id = :asset_id ORDER BY lq.source, ds.name
+""")
+
+
 def asset_detail(asset_ref: str) -> dict:
     asset = find_asset(asset_ref)
-    quotes = list(db.session.scalars(select(LatestQuote).where(LatestQuote.asset_id == asset.id)
-                                     .order_by(LatestQuote.source)))
+    quotes = [dict(r) for r in db.session.execute(LATEST_SQL, {"asset_id": asset.id}).mappings()]
+    datasets = asset_datasets(asset.id)
     return {"id": asset.id, "slug": asset.slug, "symbol": asset.symbol, "name": asset.name,
             "created_at": asset.created_at, "sources": sorted({i.source for i in asset.identifiers} |
-                                                               {q.source for q in quotes}),
+                                                               {q["source"] for q in quotes} |
+                                                               {d["source"] for d in datasets}),
             "identifiers": sorted(asset.identifiers, key=lambda i: (i.source, i.external_id)),
-            "quotes": quotes, "consensus": consensus([q.price_usd for q in quotes if q.price_usd is not None])}
+            "datasets": datasets, "quotes": quotes, "consensus": consensus(quotes)}
 
 
 @blp.route("/<asset_ref>/history")

@@ -1,7 +1,8 @@
 """GET /api/v1/data: the latest normalized quote per asset and source, filtered and paged.
 
-Order is stable: market cap descending (unknown market caps last), then asset id, then source; that
-is the index `ix_latest_quotes_sort`, which keyset cursors walk.
+One row per asset and dataset (two CSV files of the same coin are two rows; `source` is `csv` for
+both, `dataset` names each). Order is stable: market cap descending (unknown market caps last), then
+asset id, then dataset id; that is the index `ix_latest_quotes_sort`, which keyset cursors walk.
 
 Reads are served through the response cache (readcache.py). Uncached, a page is one SQL statement
 (plain SQL per shape of request, nothing built per request) that also reads the maintained count when
@@ -36,7 +37,10 @@ class DataArgsSchema(PageArgsSchema):
     symbol = fields.String(validate=validate.Length(min=1, max=200), metadata={
         "description": "Ticker symbol, case-insensitive; several comma-separated (BTC,ETH)"})
     source = fields.String(validate=validate.Length(min=1, max=200), metadata={
-        "description": f"Source, or several comma-separated; one of {', '.join(SOURCES)}"})
+        "description": f"Source, or several comma-separated; one of {', '.join(SOURCES)} (csv: every CSV dataset)"})
+    dataset = fields.String(validate=validate.Length(min=1, max=2000), metadata={
+        "description": "Dataset name (see /api/v1/datasets), or several comma-separated, e.g. "
+                       "coingecko:markets,csv:Binance_BTCUSDT_d.csv"})
     asset = fields.String(validate=validate.Length(min=1, max=200), metadata={
         "description": "Asset id or slug"})
     since = UtcDateTime(metadata={
@@ -54,7 +58,7 @@ class DataArgsSchema(PageArgsSchema):
             if unknown:
                 raise ma.ValidationError(f"unknown source {', '.join(unknown)}; known: {', '.join(SOURCES)}",
                                          "source")
-        for name in ("symbol", "source"):
+        for name in ("symbol", "source", "dataset"):
             if name in data and len(split_list(data[name])) > MAX_LIST_ITEMS:
                 raise ma.ValidationError(f"at most {MAX_LIST_ITEMS} values", name)
         if data.get("since") and data.get("until") and data["since"] > data["until"]:
@@ -77,10 +81,11 @@ def split_list(value: str) -> list[str]:
 # Plain SQL, written once per shape of request: no statement building or compiling per request.
 # The ORDER BY must stay the very expression of ix_latest_quotes_sort.
 SORT_EXPR = "COALESCE(lq.market_cap_usd, '-1'::numeric)"
-ORDER_BY = f"{SORT_EXPR} DESC, lq.asset_id, lq.source"
-FROM_JOINED = "latest_quotes lq JOIN assets a ON a.id = lq.asset_id"
+ORDER_BY = f"{SORT_EXPR} DESC, lq.asset_id, lq.dataset_id"
+FROM_JOINED = "latest_quotes lq JOIN assets a ON a.id = lq.asset_id JOIN datasets ds ON ds.id = lq.dataset_id"
 _SCHEMA_COLUMNS = {"asset_id": "lq.asset_id", "slug": "a.slug", "symbol": "a.symbol", "name": "a.name",
-                   "source": "lq.source", **{c: f"lq.{c}" for c in QUOTE_VALUE_COLUMNS},
+                   "source": "lq.source", "dataset": "ds.name", **{c: f"lq.{c}" for c in QUOTE_VALUE_COLUMNS},
+                   "flags": "coalesce(lq.flags, '{}'::text[])",
                    "observed_at": "lq.observed_at", "fetched_at": "lq.fetched_at", "run_id": "lq.run_id"}
 COLUMNS = ", ".join(f"{expr} AS {name}" for name, expr in _SCHEMA_COLUMNS.items())
 
@@ -104,6 +109,8 @@ def _row_json_sql(schema: ma.Schema) -> str | None:
             items.append(f"{column} AS {key}")
         elif type(field) in (fields.DateTime, fields.AwareDateTime) and field.format in (None, "iso", "iso8601"):
             items.append(f"{_isoformat(column)} AS {key}")
+        elif type(field) is fields.List and type(field.inner) is fields.String:
+            items.append(f"to_json({column}) AS {key}")
         else:
             return None
     return ", ".join(items)
@@ -128,6 +135,9 @@ def _filters(args: dict, params: dict) -> list[str]:
     if args.get("source"):
         params["sources"] = split_list(args["source"])
         where.append("lq.source = ANY(%(sources)s)")
+    if args.get("dataset"):
+        params["datasets"] = split_list(args["dataset"])
+        where.append("lq.dataset_id IN (SELECT id FROM datasets WHERE name = ANY(%(datasets)s))")
     if args.get("asset"):
         ref = args["asset"].strip()
         if _is_id(ref):
@@ -156,7 +166,7 @@ def needs_assets(args: dict) -> bool:
 
 
 def is_filtered(args: dict) -> bool:
-    return any(args.get(k) for k in ("symbol", "source", "asset", "since", "until"))
+    return any(args.get(k) for k in ("symbol", "source", "dataset", "asset", "since", "until"))
 
 
 def _and(conditions: list[str]) -> str:
@@ -165,13 +175,14 @@ def _and(conditions: list[str]) -> str:
 
 def _decode_cursor(key: list) -> dict:
     try:
-        sort_value, asset_id, source = Decimal(str(key[0])), int(key[1]), str(key[2])
-        if not sort_value.is_finite() or abs(sort_value.adjusted()) > 1000 or abs(asset_id) >= 2**63:
+        sort_value, asset_id, dataset_id = Decimal(str(key[0])), int(key[1]), int(key[2])
+        if not sort_value.is_finite() or abs(sort_value.adjusted()) > 1000 or abs(asset_id) >= 2**63 \
+                or abs(dataset_id) >= 2**31:
             raise ValueError("out of range")
     except (IndexError, TypeError, ValueError, InvalidOperation):
         raise ApiError(422, "The cursor is not one this API issued.",
                        {"query": {"cursor": ["not a cursor this API issued"]}}) from None
-    return {"c_sort": sort_value, "c_asset": asset_id, "c_source": source}
+    return {"c_sort": sort_value, "c_asset": asset_id, "c_dataset": dataset_id}
 
 
 def page_sql(args: dict, win, select_list: str, params: dict, extra: str = "", lateral: str = "") -> str:
@@ -183,29 +194,31 @@ def page_sql(args: dict, win, select_list: str, params: dict, extra: str = "", l
     - by cursor: the rows strictly after the key, as two range scans of the sort index (the rest of the
       key's market cap, then the lower market caps), so page 10,000 costs what page 2 costs;
     - by offset: the skipped rows are walked in the index and never joined nor formatted.
-    Every variant returns `select_list`, then sort_key, k_asset and k_source (for the next cursor), then
+    Every variant returns `select_list`, then sort_key, k_asset and k_dataset (for the next cursor), then
     `extra` (", expression AS name" items); `lateral` is joined after latest_quotes `lq` and assets `a`."""
     where = _filters(args, params)
     params["limit"] = win.size + 1
-    tail = f"{SORT_EXPR} AS sort_key, lq.asset_id AS k_asset, lq.source AS k_source{extra}"
+    tail = f"{SORT_EXPR} AS sort_key, lq.asset_id AS k_asset, lq.dataset_id AS k_dataset{extra}"
     if win.cursor is None and win.offset == 0:
         return (f"SELECT {select_list}, {tail} FROM {FROM_JOINED}{lateral} WHERE {_and(where)} "
                 f"ORDER BY {ORDER_BY} LIMIT %(limit)s")
     source = FROM_JOINED if needs_assets(args) else "latest_quotes lq"
-    keys = f"SELECT lq.asset_id, lq.source, {SORT_EXPR} AS sort_key FROM {source}"
+    keys = f"SELECT lq.asset_id, lq.dataset_id, {SORT_EXPR} AS sort_key FROM {source}"
     if win.cursor is not None:
         params.update(_decode_cursor(win.cursor))
-        same = _and(where + [f"{SORT_EXPR} = %(c_sort)s", "(lq.asset_id, lq.source) > (%(c_asset)s, %(c_source)s)"])
+        same = _and(where + [f"{SORT_EXPR} = %(c_sort)s",
+                             "(lq.asset_id, lq.dataset_id) > (%(c_asset)s, %(c_dataset)s)"])
         lower = _and(where + [f"{SORT_EXPR} < %(c_sort)s"])
-        keys = (f"({keys} WHERE {same} ORDER BY lq.asset_id, lq.source LIMIT %(limit)s) "
+        keys = (f"({keys} WHERE {same} ORDER BY lq.asset_id, lq.dataset_id LIMIT %(limit)s) "
                 f"UNION ALL ({keys} WHERE {lower} ORDER BY {ORDER_BY} LIMIT %(limit)s) "
-                f"ORDER BY sort_key DESC, asset_id, source LIMIT %(limit)s")
+                f"ORDER BY sort_key DESC, asset_id, dataset_id LIMIT %(limit)s")
     else:
         params["offset"] = win.offset
         keys = f"{keys} WHERE {_and(where)} ORDER BY {ORDER_BY} OFFSET %(offset)s LIMIT %(limit)s"
     return (f"SELECT {select_list}, {tail} FROM ({keys}) k "
-            f"JOIN latest_quotes lq ON lq.asset_id = k.asset_id AND lq.source = k.source "
-            f"JOIN assets a ON a.id = lq.asset_id{lateral} ORDER BY k.sort_key DESC, k.asset_id, k.source")
+            f"JOIN latest_quotes lq ON lq.asset_id = k.asset_id AND lq.dataset_id = k.dataset_id "
+            f"JOIN assets a ON a.id = lq.asset_id JOIN datasets ds ON ds.id = lq.dataset_id{lateral} "
+            f"ORDER BY k.sort_key DESC, k.asset_id, k.dataset_id")
 
 
 def count_sql(args: dict, params: dict) -> str:
@@ -221,7 +234,7 @@ MAINTAINED_COUNT = "SELECT coalesce(sum(latest_quotes), 0)::bigint FROM source_q
 def maintained_count_sql(args: dict, params: dict) -> str | None:
     """With no filter, or a filter on sources only: the exact count, from source_quote_stats (kept by
     triggers in the writing transactions, so as exact as a count(*) in the same snapshot)."""
-    if any(args.get(k) for k in ("symbol", "asset", "since", "until")):
+    if any(args.get(k) for k in ("symbol", "dataset", "asset", "since", "until")):
         return None
     if args.get("source"):
         params["count_sources"] = split_list(args["source"])
@@ -260,7 +273,7 @@ def quote_page_body(args: dict, default_size: int, dumper: FastDumper | None = N
     next_cursor = None
     if has_more and rows:
         last = rows[-1]._mapping
-        next_cursor = encode_cursor(str(last["sort_key"]), last["k_asset"], last["k_source"])
+        next_cursor = encode_cursor(str(last["sort_key"]), last["k_asset"], last["k_dataset"])
     if maintained is not None and not rows:
         maintained = db.session.connection().exec_driver_sql(maintained, params).scalar()
     elif maintained is not None:

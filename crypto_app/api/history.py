@@ -1,7 +1,18 @@
-"""An asset's history from `quotes`: raw observations, or OHLC candles per source and interval.
+"""An asset's history from `quotes`: raw observations, or OHLC candles per dataset and interval.
 
-Candles are built from the observed prices: open is the first price in the bucket, close the last,
-high and low the extremes; market cap and volume are the last observed in the bucket. Buckets start on
+Each dataset is read on its own through the quotes key (asset_id, dataset_id, observed_at), and its
+rows never mix with another dataset's in a candle. A candle says where it comes from:
+
+- `from: "source"`: the dataset has a native interval (declared or detected, see /api/v1/datasets)
+  that divides the asked interval, and every row in the bucket carries the source's own open, high and
+  low. At the native interval the candle IS the source's row (open, high, low, close = the row's
+  open_usd, high_usd, low_usd, price_usd); coarser buckets aggregate them: first open, max high, min
+  low, last close; `volume_usd` is the SUM of the rows' volumes (a candle file's volume is the volume
+  of its own period).
+- `from: "observed"`: built from observed prices (snapshot sources such as API tickers, or a file
+  without OHLC): open is the first price in the bucket, close the last, high and low the extremes;
+  `volume_usd` is null, because a rolling 24h volume cannot be summed.
+In both, `volume_24h_usd` and `market_cap_usd` are the last values in the bucket. Buckets start on
 multiples of the interval from Monday 2000-01-03 00:00 UTC (so weeks start on Mondays).
 """
 from __future__ import annotations
@@ -23,31 +34,52 @@ DEFAULT_SPAN = {"raw": timedelta(days=7), "5m": timedelta(days=2), "15m": timede
                 "1h": timedelta(days=30), "4h": timedelta(days=90), "1d": timedelta(days=365),
                 "1w": timedelta(days=3 * 365)}
 
+# One index range scan per dataset (datasets are few; the filters pick them before any quote is read).
+DATASETS = """
+    FROM datasets d CROSS JOIN LATERAL ({inner}) q
+    WHERE (CAST(:source AS text) IS NULL OR d.source = :source)
+      AND (CAST(:dataset AS text) IS NULL OR d.name = :dataset)
+"""
+ROWS_OF_DATASET = """
+    FROM quotes WHERE asset_id = :asset_id AND dataset_id = d.id AND observed_at >= :since AND observed_at <= :until
+"""
 RAW_SQL = text("""
-    SELECT source, observed_at, price_usd, market_cap_usd, volume_24h_usd, run_id
-    FROM quotes
-    WHERE asset_id = :asset_id AND observed_at >= :since AND observed_at <= :until
-      AND (CAST(:source AS text) IS NULL OR source = :source)
-    ORDER BY observed_at, source LIMIT :limit
+    SELECT d.source, d.name AS dataset, q.observed_at, q.price_usd, q.open_usd, q.high_usd, q.low_usd,
+           q.market_cap_usd, q.volume_24h_usd, coalesce(q.flags, '{}'::text[]) AS flags, q.run_id
+""" + DATASETS.format(inner="SELECT * " + ROWS_OF_DATASET + " ORDER BY observed_at LIMIT :limit") + """
+    ORDER BY q.observed_at, d.source, d.name LIMIT :limit
 """)
-CANDLES_SQL = text("""
-    SELECT source, date_bin(:step, observed_at, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
-           (array_agg(price_usd ORDER BY observed_at))[1] AS open,
-           max(price_usd) AS high, min(price_usd) AS low,
+_BUCKETS = """
+    SELECT date_bin(:step, observed_at, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
+           bool_and(open_usd IS NOT NULL AND high_usd IS NOT NULL AND low_usd IS NOT NULL) AS ohlc,
+           (array_agg(open_usd ORDER BY observed_at))[1] AS s_open, max(high_usd) AS s_high, min(low_usd) AS s_low,
+           (array_agg(price_usd ORDER BY observed_at))[1] AS o_open, max(price_usd) AS o_high,
+           min(price_usd) AS o_low,
            (array_agg(price_usd ORDER BY observed_at DESC))[1] AS close,
            (array_agg(market_cap_usd ORDER BY observed_at DESC))[1] AS market_cap_usd,
            (array_agg(volume_24h_usd ORDER BY observed_at DESC))[1] AS volume_24h_usd,
-           count(*) AS samples
-    FROM quotes
-    WHERE asset_id = :asset_id AND observed_at >= :since AND observed_at <= :until
-      AND (CAST(:source AS text) IS NULL OR source = :source)
-    GROUP BY source, bucket
-    ORDER BY bucket, source LIMIT :limit
+           sum(volume_24h_usd) AS volume_sum, count(volume_24h_usd) AS volumes, count(*) AS samples
+""" + ROWS_OF_DATASET + " GROUP BY bucket ORDER BY bucket LIMIT :limit"
+CANDLES_SQL = text("""
+    SELECT source, dataset, bucket, CASE WHEN native THEN 'source' ELSE 'observed' END AS from_,
+           CASE WHEN native THEN s_open ELSE o_open END AS open,
+           CASE WHEN native THEN s_high ELSE o_high END AS high,
+           CASE WHEN native THEN s_low ELSE o_low END AS low,
+           close, market_cap_usd, volume_24h_usd,
+           CASE WHEN native AND volumes = samples THEN volume_sum END AS volume_usd, samples
+    FROM (SELECT d.source, d.name AS dataset, q.*,
+                 (q.ohlc AND d.native_interval IS NOT NULL AND d.native_interval <= :step
+                  AND mod(extract(epoch FROM :step)::numeric, extract(epoch FROM d.native_interval)::numeric) = 0)
+                 AS native
+""" + DATASETS.format(inner=_BUCKETS) + """) c
+    ORDER BY bucket, source, dataset LIMIT :limit
 """).bindparams(bindparam("step", type_=Interval()))
 
 
 class HistoryArgsSchema(ma.Schema):
-    source = SourceField()
+    source = SourceField("Only this source's datasets (csv: every CSV dataset)")
+    dataset = fields.String(validate=validate.Length(min=1, max=300), metadata={
+        "description": "Only this dataset (a name from /api/v1/datasets)"})
     since = UtcDateTime(metadata={
         "description": "Start (inclusive; default: a span before `until` that suits the interval)"})
     until = UtcDateTime(metadata={"description": "End (inclusive; default now)"})
@@ -64,23 +96,34 @@ class HistoryArgsSchema(ma.Schema):
 
 class PointSchema(ma.Schema):
     source = fields.String()
+    dataset = fields.String(metadata={"description": "Dataset of the row"})
     observed_at = fields.DateTime()
-    price_usd = Money("Price in USD")
+    price_usd = Money("Price in USD (the close of a candle row)")
+    open_usd = Money("Open of the source's period, when it gives one")
+    high_usd = Money("High of the source's period, when it gives one")
+    low_usd = Money("Low of the source's period, when it gives one")
     market_cap_usd = Money("Market cap in USD")
-    volume_24h_usd = Money("24h volume in USD")
+    volume_24h_usd = Money("24h volume in USD (a candle file's volume of its own period)")
+    flags = fields.List(fields.String(), metadata={"description": "Soft plausibility rules the row tripped; [] if none"})
     run_id = fields.UUID()
 
 
 class CandleSchema(ma.Schema):
     source = fields.String()
+    dataset = fields.String(metadata={"description": "Dataset the candle is built from (datasets never mix)"})
     bucket = fields.DateTime(metadata={"description": "Start of the bucket"})
-    open = Money("First observed price in the bucket")
-    high = Money("Highest observed price")
-    low = Money("Lowest observed price")
-    close = Money("Last observed price")
-    market_cap_usd = Money("Last observed market cap")
-    volume_24h_usd = Money("Last observed 24h volume")
-    samples = fields.Integer(metadata={"description": "Observations in the bucket"})
+    from_ = fields.String(data_key="from", metadata={
+        "enum": ["source", "observed"],
+        "description": "source: the source's own candles (at their interval, or aggregated); observed: built "
+                       "from observed prices"})
+    open = Money("Open: the first source candle's open, or the first observed price")
+    high = Money("High: the highest source high, or the highest observed price")
+    low = Money("Low: the lowest source low, or the lowest observed price")
+    close = Money("Close: the last price in the bucket")
+    market_cap_usd = Money("Last market cap in the bucket")
+    volume_24h_usd = Money("Last volume value in the bucket")
+    volume_usd = Money("With from=source: the sum of the source candles' volumes; null with from=observed")
+    samples = fields.Integer(metadata={"description": "Rows in the bucket"})
 
 
 class HistorySchema(ma.Schema):
@@ -89,6 +132,7 @@ class HistorySchema(ma.Schema):
     symbol = fields.String()
     interval = fields.String()
     source = fields.String(allow_none=True)
+    dataset = fields.String(allow_none=True)
     since = fields.DateTime()
     until = fields.DateTime()
     truncated = fields.Boolean(metadata={"description": "More rows matched than `limit`; narrow the window"})
@@ -101,13 +145,13 @@ def asset_history(asset, args: dict) -> dict:
     until = args.get("until") or datetime.now(timezone.utc)
     since = args.get("since") or until - DEFAULT_SPAN[interval]
     params = {"asset_id": asset.id, "since": since, "until": until, "source": args.get("source"),
-              "limit": args["limit"] + 1}
+              "dataset": args.get("dataset"), "limit": args["limit"] + 1}
     if interval == "raw":
         rows = db.session.execute(RAW_SQL, params).mappings().all()
     else:
         rows = db.session.execute(CANDLES_SQL, {**params, "step": INTERVALS[interval]}).mappings().all()
     out = {"asset_id": asset.id, "slug": asset.slug, "symbol": asset.symbol, "interval": interval,
-           "source": args.get("source"), "since": since, "until": until,
+           "source": args.get("source"), "dataset": args.get("dataset"), "since": since, "until": until,
            "truncated": len(rows) > args["limit"]}
     out["points" if interval == "raw" else "candles"] = rows[: args["limit"]]
     return out

@@ -45,7 +45,11 @@ class ConflictSchema(ErrorSchema):
 class QuoteValuesSchema(ma.Schema):
     """The normalized values of one observation (money and supplies exact, as strings)."""
 
-    source = fields.String(required=True, metadata={"description": "Source that reported the values"})
+    source = fields.String(required=True, metadata={
+        "description": "Kind of upstream that reported the values (coingecko, coinpaprika, csv)"})
+    dataset = fields.String(required=True, metadata={
+        "description": "Dataset the row belongs to (see /api/v1/datasets): `<source>:<endpoint>` for an API, "
+                       "`csv:<file>` or the configured name for a CSV file"})
     price_usd = Money("Price in USD")
     open_usd = Money("Open price in USD of the source's period, when it reports one")
     high_usd = Money("High price in USD of the source's period, when it reports one")
@@ -57,6 +61,8 @@ class QuoteValuesSchema(ma.Schema):
     max_supply = Money("Maximum supply in units of the asset")
     market_cap_rank = fields.Integer(allow_none=True, metadata={"description": "Rank by market cap at the source"})
     change_24h_pct = Money("Price change over 24 hours, in percent")
+    flags = fields.List(fields.String(), required=True, metadata={
+        "description": "Soft plausibility rules the row tripped (stored, but worth a look), sorted; [] if none"})
     observed_at = fields.DateTime(required=True, metadata={"description": "When the source observed the values (UTC)"})
     fetched_at = fields.DateTime(required=True, metadata={"description": "When cryptoflow fetched them (UTC)"})
     run_id = fields.UUID(required=True, metadata={"description": "The ingestion run that wrote them"})

@@ -1,8 +1,9 @@
 """The data model. The schema itself exists only through migrations (see migrations/versions)."""
 from .assets import Asset, AssetIdentifier
+from .datasets import Dataset, DatasetAsset
 from .quotes import LatestQuote, Quote
 from .readmodel import DataVersion, ReadModelPending, RunStats, SourceQuoteStats
 from .runs import Checkpoint, EtlRun, RawPayload, RejectedRecord
 
-__all__ = ["Asset", "AssetIdentifier", "Quote", "LatestQuote", "EtlRun", "Checkpoint",
+__all__ = ["Asset", "AssetIdentifier", "Dataset", "DatasetAsset", "Quote", "LatestQuote", "EtlRun", "Checkpoint",
            "RawPayload", "RejectedRecord", "DataVersion", "RunStats", "SourceQuoteStats", "ReadModelPending"]

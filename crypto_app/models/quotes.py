@@ -1,4 +1,4 @@
-"""Quotes: the normalized time series, and the newest observation per asset and source.
+"""Quotes: the normalized time series, and the newest observation per asset and dataset.
 
 Money and supply figures are NUMERIC (exact); times are timestamptz.
 """
@@ -29,12 +29,14 @@ class QuoteValues:
     fetched_at = db.Column(db.DateTime(timezone=True), nullable=False)
     run_id = db.Column(db.Uuid, nullable=False)
     payload_hash = db.Column(db.Text, nullable=False)
+    # soft plausibility rules the row tripped, sorted; NULL = none (an empty array costs 16 bytes a row)
+    flags = db.Column(db.ARRAY(db.Text))
 
 
 class Quote(QuoteValues, db.Model):
     __tablename__ = "quotes"
     __table_args__ = (
-        db.UniqueConstraint("asset_id", "source", "observed_at", name="uq_quotes_asset_source_observed"),
+        db.UniqueConstraint("asset_id", "dataset_id", "observed_at", name="uq_quotes_asset_dataset_observed"),
         db.Index("ix_quotes_source_observed", "source", "observed_at"),
         db.Index("ix_quotes_run", "run_id"),
     )
@@ -42,6 +44,7 @@ class Quote(QuoteValues, db.Model):
     id = db.Column(db.BigInteger, primary_key=True)
     asset_id = db.Column(db.BigInteger, db.ForeignKey("assets.id", ondelete="CASCADE"), nullable=False)
     source = db.Column(db.Text, nullable=False)
+    dataset_id = db.Column(db.Integer, db.ForeignKey("datasets.id"), nullable=False)
 
 
 class LatestQuote(QuoteValues, db.Model):
@@ -49,10 +52,18 @@ class LatestQuote(QuoteValues, db.Model):
     __table_args__ = (
         db.Index("ix_latest_quotes_source", "source"),
         db.Index("ix_latest_quotes_observed", "observed_at"),
-        # the API's stable order (market cap, then asset, then source), walked by keyset cursors
-        db.Index("ix_latest_quotes_sort", db.text("COALESCE(market_cap_usd, '-1'::numeric) DESC"), "asset_id", "source"),
+        db.Index("ix_latest_quotes_dataset", "dataset_id"),
+        # the API's stable order (market cap, then asset, then dataset), walked by keyset cursors
+        db.Index("ix_latest_quotes_sort", db.text("COALESCE(market_cap_usd, '-1'::numeric) DESC"), "asset_id",
+                 "dataset_id"),
     )
 
     asset_id = db.Column(db.BigInteger, db.ForeignKey("assets.id", ondelete="CASCADE"), primary_key=True)
-    source = db.Column(db.Text, primary_key=True)
+    dataset_id = db.Column(db.Integer, db.ForeignKey("datasets.id"), primary_key=True)
+    source = db.Column(db.Text, nullable=False)
     asset = db.relationship("Asset", lazy="joined")
+    dataset_ref = db.relationship("Dataset", lazy="joined")
+
+    @property
+    def dataset(self) -> str:
+        return self.dataset_ref.name

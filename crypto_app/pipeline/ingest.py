@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from ..coordination import RateLimiter
 from ..sources import build_source
 from ..sources.base import Batch
+from .datasets import DatasetRegistry
 from .drift import detect_drift, observe
 from .identity import IdentityError, IdentityResolver, load_overrides
 from .load import BatchWriter, LoadBatch
@@ -99,6 +100,8 @@ class IngestionRun:
         previous_fields = saved.get("fields")
         seen_types: dict[str, str] = dict(saved.get("fields_this_run") or {}) if not saved.get("complete") else {}
         resolver = IdentityResolver(self.identity_conn, self.source_name, load_overrides(self.settings.csv_data_dir))
+        datasets = DatasetRegistry(self.identity_conn, self.run_id,
+                                   self.settings.csv_data_dir if source.name == "csv" else None)
         newest = saved.get("newest_observed_at")
 
         guard = threading.Lock()            # stats are updated by the writer thread, copied by this one
@@ -115,6 +118,7 @@ class IngestionRun:
         writer = BatchWriter(self.conn, written)
         try:
             for batch in source.batches(position):
+                dataset = datasets.for_batch(source, batch.locator) if batch.records else None
                 rows, rejections = transform(source, resolver, batch)
                 observe(seen_types, batch.records)
                 counts = {"fetched": len(batch.records) + len(batch.invalid), "loaded": len(rows),
@@ -131,7 +135,10 @@ class IngestionRun:
                     stats["http_status"] = dict(http_status)
                     snapshot = json.loads(json.dumps(stats))
                 writer.submit(LoadBatch(
-                    run_id=self.run_id, source=self.source_name, rows=rows, content_hash=batch.content_hash,
+                    run_id=self.run_id, source=self.source_name, rows=rows,
+                    dataset_id=dataset.id if dataset else None,
+                    dataset_interval=datasets.learned_interval(dataset, rows) if dataset else None,
+                    content_hash=batch.content_hash,
                     locator=batch.locator, fetched_at=batch.fetched_at, raw_body=batch.raw,
                     record_count=len(batch.records), rejections=rejections, checkpoint=checkpoint,
                     run_counters=counts, run_stats=snapshot), counts)

@@ -2,11 +2,13 @@
 all in ONE transaction, so a crash between rows and checkpoint cannot duplicate or lose anything.
 
 Quotes go through COPY into a temporary staging table and one set-based upsert:
-- a quote is unique on (asset, source, observed_at); replaying the same payload changes nothing
-  (the update only fires when a value differs);
-- the latest quote per (asset, source) only moves forward in time: an older observation never
+- a quote is unique on (asset, dataset, observed_at) (a batch belongs to one dataset: see datasets.py);
+  replaying the same payload changes nothing (the update only fires when a value or a flag differs);
+- the latest quote per (asset, dataset) only moves forward in time: an older observation never
   overwrites a newer one;
-- duplicates inside a batch keep the last occurrence instead of failing the batch.
+- duplicates inside a batch keep the last occurrence instead of failing the batch;
+- `dataset_assets` (rows, first and last observation per dataset and asset) moves in the same statement;
+- a record's `flags` (sorted soft-rule names) are stored as text[], NULL when there are none.
 """
 from __future__ import annotations
 
@@ -22,36 +24,45 @@ from psycopg2.extras import Json, execute_values
 from ..models.quotes import QUOTE_VALUE_COLUMNS
 
 
-ROW_COLUMNS = ("asset_id",) + QUOTE_VALUE_COLUMNS + ("observed_at", "fetched_at", "run_id", "payload_hash")
+STORED_COLUMNS = QUOTE_VALUE_COLUMNS + ("flags",)
+ROW_COLUMNS = ("asset_id",) + STORED_COLUMNS + ("observed_at", "fetched_at", "run_id", "payload_hash")
 _COLS = ", ".join(ROW_COLUMNS)
 _VALUES_CHANGED = "({t}) IS DISTINCT FROM ({e})".format(
-    t=", ".join(f"%(table)s.{c}" for c in QUOTE_VALUE_COLUMNS),
-    e=", ".join(f"EXCLUDED.{c}" for c in QUOTE_VALUE_COLUMNS))
-_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in QUOTE_VALUE_COLUMNS + ("observed_at", "fetched_at", "run_id",
-                                                                        "payload_hash"))
+    t=", ".join(f"%(table)s.{c}" for c in STORED_COLUMNS),
+    e=", ".join(f"EXCLUDED.{c}" for c in STORED_COLUMNS))
+_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in STORED_COLUMNS + ("observed_at", "fetched_at", "run_id",
+                                                                   "payload_hash"))
 
 _STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS stage_quotes (
     asset_id bigint, {", ".join(f"{c} {'integer' if c == 'market_cap_rank' else 'numeric'}" for c in QUOTE_VALUE_COLUMNS)},
-    observed_at timestamptz, fetched_at timestamptz, run_id uuid, payload_hash text
+    flags text[], observed_at timestamptz, fetched_at timestamptz, run_id uuid, payload_hash text
 ) ON COMMIT DELETE ROWS
 """
 
 _UPSERT_QUOTES = f"""
 WITH written AS (
-    INSERT INTO quotes (source, {_COLS})
-    SELECT %(source)s, {_COLS} FROM stage_quotes
-    ON CONFLICT (asset_id, source, observed_at) DO UPDATE SET {_SET}
+    INSERT INTO quotes (source, dataset_id, {_COLS})
+    SELECT %(source)s, %(dataset_id)s, {_COLS} FROM stage_quotes
+    ON CONFLICT (asset_id, dataset_id, observed_at) DO UPDATE SET {_SET}
     WHERE {_VALUES_CHANGED % {"table": "quotes"}}
-    RETURNING (xmax = 0) AS inserted
+    RETURNING asset_id, observed_at, (xmax = 0) AS inserted
+), counted AS (
+    INSERT INTO dataset_assets AS da (dataset_id, asset_id, rows, first_observed_at, last_observed_at)
+    SELECT %(dataset_id)s, asset_id, count(*) FILTER (WHERE inserted), min(observed_at), max(observed_at)
+    FROM written GROUP BY asset_id
+    ON CONFLICT (asset_id, dataset_id) DO UPDATE SET rows = da.rows + EXCLUDED.rows,
+        first_observed_at = LEAST(da.first_observed_at, EXCLUDED.first_observed_at),
+        last_observed_at = GREATEST(da.last_observed_at, EXCLUDED.last_observed_at)
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
 """
 
 _UPSERT_LATEST = f"""
-INSERT INTO latest_quotes (source, {_COLS})
-SELECT DISTINCT ON (asset_id) %(source)s, {_COLS} FROM stage_quotes ORDER BY asset_id, observed_at DESC
-ON CONFLICT (asset_id, source) DO UPDATE SET {_SET}
+INSERT INTO latest_quotes (source, dataset_id, {_COLS})
+SELECT DISTINCT ON (asset_id) %(source)s, %(dataset_id)s, {_COLS} FROM stage_quotes
+ORDER BY asset_id, observed_at DESC
+ON CONFLICT (asset_id, dataset_id) DO UPDATE SET {_SET}
 WHERE latest_quotes.observed_at < EXCLUDED.observed_at
    OR (latest_quotes.observed_at = EXCLUDED.observed_at AND {_VALUES_CHANGED % {"table": "latest_quotes"}})
 """
@@ -75,10 +86,12 @@ class LoadBatch:
 
     run_id: str
     source: str
-    rows: list[dict]                     # validated records with "asset_id"
+    rows: list[dict]                     # validated records with "asset_id" (and optionally "flags")
     content_hash: str
     locator: dict
     fetched_at: datetime
+    dataset_id: int | None = None        # pipeline/datasets.py; None: the source's default dataset
+    dataset_interval: object = None      # a timedelta to record as the dataset's native interval, if unknown
     raw_body: object = None
     record_count: int = 0
     rejections: list[tuple[str, dict, object, dict]] = field(default_factory=list)  # (reason, errors, record, locator)
@@ -112,7 +125,12 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
                                 for reason, errors, record, locator in batch.rejections])
             rows = _dedupe(batch.rows)
             if rows:
+                if batch.dataset_id is None:
+                    batch.dataset_id = _default_dataset(cur, batch.source)
                 result = _upsert_quotes(cur, batch, rows)
+            if batch.dataset_interval is not None and batch.dataset_id is not None:
+                cur.execute("UPDATE datasets SET native_interval = %s WHERE id = %s AND native_interval IS NULL",
+                            (batch.dataset_interval, batch.dataset_id))
             if batch.checkpoint is not None:
                 cur.execute("INSERT INTO checkpoints (source, cursor, run_id, updated_at) VALUES (%s, %s, %s, now()) "
                             "ON CONFLICT (source) DO UPDATE SET cursor = checkpoints.cursor || EXCLUDED.cursor, "
@@ -186,21 +204,49 @@ def _dedupe(rows: list[dict]) -> list[dict]:
     return list(unique.values())
 
 
+def _default_dataset(cur, source: str) -> int:
+    """The source's default dataset (migration 0003: coingecko:markets, coinpaprika:tickers,
+    csv:unknown-file), for a caller that names none; the pipeline always names one."""
+    cur.execute("SELECT id FROM datasets WHERE name = cryptoflow_default_dataset_name(%s)", (source,))
+    row = cur.fetchone()
+    if row is None:
+        cur.execute("INSERT INTO datasets (name, source, endpoint) SELECT n, %s, split_part(n, ':', 2) "
+                    "FROM cryptoflow_default_dataset_name(%s) n ON CONFLICT (name) DO NOTHING", (source, source))
+        cur.execute("SELECT id FROM datasets WHERE name = cryptoflow_default_dataset_name(%s)", (source,))
+        row = cur.fetchone()
+    return row[0]
+
+
 def _upsert_quotes(cur, batch: LoadBatch, rows: list[dict]) -> BatchResult:
     cur.execute(_STAGE)
     buffer = io.StringIO()
     for row in rows:
         values = [row["asset_id"]] + [row.get(c) for c in QUOTE_VALUE_COLUMNS] + [
-            row["observed_at"], batch.fetched_at, batch.run_id, batch.content_hash]
+            _array_text(row.get("flags")), row["observed_at"], batch.fetched_at, batch.run_id, batch.content_hash]
         buffer.write("\t".join(_copy_text(v) for v in values))
         buffer.write("\n")
     buffer.seek(0)
     cur.copy_expert(f"COPY stage_quotes ({_COLS}) FROM STDIN", buffer)
-    cur.execute(_UPSERT_QUOTES, {"source": batch.source})
+    params = {"source": batch.source, "dataset_id": batch.dataset_id}
+    cur.execute(_UPSERT_QUOTES, params)
     inserted, updated = cur.fetchone()
-    cur.execute(_UPSERT_LATEST, {"source": batch.source})
+    cur.execute(_UPSERT_LATEST, params)
     return BatchResult(staged=len(rows), inserted=inserted, updated=updated,
                        newest_observed_at=max(row["observed_at"] for row in rows))
+
+
+_FLAG = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+def _array_text(flags) -> str | None:
+    """A text[] literal for COPY: the sorted, distinct flag names; None (NULL) for no flags."""
+    if not flags:
+        return None
+    names = sorted(set(flags))
+    bad = [n for n in names if not isinstance(n, str) or not _FLAG.match(n)]
+    if bad:
+        raise ValueError(f"flag names must be lowercase rule names, got {bad!r}")
+    return "{" + ",".join(names) + "}"
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

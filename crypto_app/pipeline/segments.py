@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 
 from ..sources.csv_files import CsvSource
+from .datasets import DatasetRegistry
 from .identity import IdentityResolver, load_overrides
 from .ingest import transform
 from .lifecycle import finish_run
@@ -116,14 +117,18 @@ def run_segment(settings, conn, identity_conn, run_id: str, rel: str, start: int
         return True
     source = CsvSource(settings)
     resolver = IdentityResolver(identity_conn, "csv", load_overrides(settings.csv_data_dir))
+    datasets = DatasetRegistry(identity_conn, run_id, settings.csv_data_dir)
     rows_total = int(part.get("rows") or 0)
     for batch in source.segment_batches(rel, int(part["pos"]), end, int(part.get("line") or 1)):
+        dataset = datasets.for_batch(source, batch.locator) if batch.records else None
         rows, rejections = transform(source, resolver, batch)
         rows_total += len(rows)
         progress = {"end": end, "pos": batch.next_cursor["pos"], "line": batch.next_cursor["line"],
                     "rows": rows_total, "done": batch.done}
         load_batch(conn, LoadBatch(
-            run_id=run_id, source="csv", rows=rows, content_hash=batch.content_hash, locator=batch.locator,
+            run_id=run_id, source="csv", rows=rows, dataset_id=dataset.id if dataset else None,
+            dataset_interval=datasets.learned_interval(dataset, rows) if dataset else None,
+            content_hash=batch.content_hash, locator=batch.locator,
             fetched_at=batch.fetched_at, record_count=len(batch.records), rejections=rejections,
             checkpoint_patch=(["segments", rel, "parts", str(start)], progress),
             run_counters={"fetched": len(batch.records) + len(batch.invalid), "loaded": len(rows),

@@ -73,6 +73,7 @@ class Source(ABC):
 
     name: str = ""
     rate_limited: bool = True           # API sources take a token from the shared bucket per request
+    endpoint: str | None = None         # API sources: the endpoint read; its rows are dataset "<name>:<endpoint>"
     cursor_persists: bool = False       # False: a finished run's cursor is dropped and the next run starts
     #                                     over (API snapshots); True: it is handed to the next run (files)
 

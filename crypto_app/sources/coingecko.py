@@ -55,6 +55,7 @@ def auth_headers(plan: str, api_key: str | None) -> dict:
 
 class CoinGeckoSource(Source):
     name = "coingecko"
+    endpoint = "markets"            # its rows form the dataset coingecko:markets
 
     def client(self) -> HttpClient:
         s = self.settings

@@ -60,6 +60,7 @@ def slug_hint(external_id, symbol):
 
 class CoinPaprikaSource(Source):
     name = "coinpaprika"
+    endpoint = "tickers"            # its rows form the dataset coinpaprika:tickers
 
     def client(self) -> HttpClient:
         key = self.settings.coinpaprika_api_key
