@@ -206,15 +206,21 @@ def test_the_cli_says_how_long_a_live_holder_blocks_and_takes_over_when_asked(te
     from pipeline_helpers import settings_for
 
     app = create_app({"TESTING": True}, settings=settings_for(test_env, **fake_upstream.env(COINGECKO_RATE_PER_MINUTE=6000)))
+    other = "00000000-0000-0000-0000-0000000000bb"
+    with db_conn.cursor() as cur:
+        cur.execute("INSERT INTO etl_runs (id, source, trigger, status) VALUES (%s, 'coingecko', 'api', 'running')",
+                    (other,))
     lock = SourceLock(redis_client(test_env["REDIS_URL"]), "coingecko")
-    assert lock.acquire("other-run", 600)
-    lock.beat("other-run", 60, "worker")               # alive, from this host, as a worker would be
+    assert lock.acquire(other, 600)
+    lock.beat(other, 60, "worker")                     # alive, from this host, as a worker would be
     refused = app.test_cli_runner().invoke(args=["etl", "run", "coingecko"])
-    assert refused.exit_code != 0 and "already going: other-run" in refused.output
+    assert refused.exit_code != 0 and f"already going: {other}" in refused.output
     assert "expires by itself within" in refused.output and "--take-over" in refused.output, refused.output
     taken = app.test_cli_runner().invoke(args=["etl", "run", "coingecko", "--take-over"])
     assert taken.exit_code == 0, taken.output
-    assert "took over coingecko from run other-run" in taken.output and "succeeded" in taken.output
+    assert f"took over coingecko from run {other}" in taken.output and "succeeded" in taken.output
+    old = by_id(db_conn, other)
+    assert old["status"] == "failed" and "--take-over" in old["error"], old
 
 
 # --- finding 5: Retry-After outlives the run that received it ----------------------------------------------
