@@ -4,7 +4,7 @@ from __future__ import annotations
 from celery import Celery
 from flask import current_app
 
-from .celery_settings import celery_settings
+from .celery_settings import celery_settings, display_name
 
 
 def celery_client(app=None) -> Celery:
@@ -19,7 +19,7 @@ def celery_client(app=None) -> Celery:
 
 def send_task(name: str, kwargs: dict, task_id: str) -> None:
     """Publish a task; raise on an unreachable broker instead of retrying for long."""
-    celery_client().send_task(name, kwargs=kwargs, task_id=task_id, retry=True,
+    celery_client().send_task(name, kwargs=kwargs, task_id=task_id, shadow=display_name(name, kwargs), retry=True,
                               retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2,
                                             "interval_max": 0.5})
 

@@ -7,6 +7,16 @@ from .config import PROJECT_ROOT, Settings
 INGEST_TASK = "tasks.ingest_source"
 REAP_TASK = "tasks.reap_stale_runs"
 SEGMENT_TASK = "tasks.ingest_csv_segment"
+RESULT_EXPIRES_SECONDS = 24 * 3600
+
+
+def display_name(task: str, kwargs: dict) -> str:
+    """The name Flower and the worker log show for one call (Celery's `shadow`): it says the source."""
+    if task == INGEST_TASK and kwargs.get("source"):
+        return f"ingest {kwargs['source']}"
+    if task == SEGMENT_TASK and kwargs.get("rel"):
+        return f"ingest csv segment {kwargs['rel']}@{kwargs.get('start', 0)}"
+    return task
 
 
 def celery_settings(settings: Settings) -> dict:
@@ -21,8 +31,11 @@ def celery_settings(settings: Settings) -> dict:
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
         },
-        "task_ignore_result": True,
-        "result_backend": None,
+        # results (task state: SUCCESS, FAILURE with the run's error, RETRY) kept a day in Redis, so
+        # Flower and `AsyncResult(task_id).state` tell the truth; the run itself lives in etl_runs
+        "task_ignore_result": False,
+        "result_backend": settings.redis_url,
+        "result_expires": RESULT_EXPIRES_SECONDS,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -49,6 +62,7 @@ def beat_schedule(settings: Settings) -> dict:
             "task": INGEST_TASK,
             "schedule": float(source.schedule_seconds),
             "kwargs": {"source": name, "trigger": "schedule"},
+            "options": {"shadow": display_name(INGEST_TASK, {"source": name})},
         }
         for name, source in settings.sources.items()
         if source.enabled

@@ -3,6 +3,7 @@
     flask etl run SOURCE            run now in this process (shared lock and rate limit still apply)
     flask etl run SOURCE --enqueue  hand it to the workers and follow it until it ends
     flask etl import PATH           import one CSV file inside CSV_DATA_DIR, with a progress bar
+    --take-over                     (run, import) take the source from the run holding its lock
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from flask.cli import AppGroup
 from tqdm import tqdm
 
 etl = AppGroup("etl", help="Run and inspect ingestion.")
+TAKE_OVER_HELP = ("Take the source's lock from the run holding it: that run is marked failed (superseded) and, "
+                  "if still alive, stops at its next batch. Without it, a dead CLI run on this host is taken "
+                  "over by itself; any other holder is refused with how long its lock lasts.")
 
 
 def register_cli(app) -> None:
@@ -28,7 +32,8 @@ def register_cli(app) -> None:
 @click.argument("source")
 @click.option("--enqueue", is_flag=True, help="Queue it for the Celery workers and follow it.")
 @click.option("--timeout", default=3600, show_default=True, help="With --enqueue: seconds to follow the run.")
-def run_command(source: str, enqueue: bool, timeout: int):
+@click.option("--take-over", is_flag=True, help=TAKE_OVER_HELP)
+def run_command(source: str, enqueue: bool, timeout: int, take_over: bool):
     """Run one ingestion of SOURCE (coingecko, coinpaprika, csv) and print its summary."""
     from .pipeline.runs import BrokerUnavailable, RunAlreadyActive, UnknownSource, check_source, trigger_run
 
@@ -42,12 +47,13 @@ def run_command(source: str, enqueue: bool, timeout: int):
             return
     except (UnknownSource, RunAlreadyActive, BrokerUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
-    _run_inline(source, {}, unit="batches")
+    _run_inline(source, {}, unit="batches", take_over=take_over)
 
 
 @etl.command("import")
 @click.argument("path", type=click.Path(dir_okay=False))
-def import_command(path: str):
+@click.option("--take-over", is_flag=True, help=TAKE_OVER_HELP)
+def import_command(path: str, take_over: bool):
     """Import one CSV file (it must lie inside CSV_DATA_DIR) and print the run summary."""
     settings = current_app.config["SETTINGS"]
     data_dir = settings.csv_data_dir.resolve()
@@ -56,26 +62,20 @@ def import_command(path: str):
         raise click.ClickException(f"{path} is outside CSV_DATA_DIR ({data_dir}); copy or link it there first")
     if not target.is_file():
         raise click.ClickException(f"{path}: no such file")
-    _run_inline("csv", {"files": [str(target.relative_to(data_dir))]}, unit="bytes", total=target.stat().st_size)
+    _run_inline("csv", {"files": [str(target.relative_to(data_dir))]}, unit="bytes", total=target.stat().st_size,
+                take_over=take_over)
 
 
-def _run_inline(source: str, options: dict, unit: str, total: int | None = None):
-    from .coordination import SourceLock, redis_client
-    from .pipeline import lifecycle
-    from .pipeline.heartbeat import Heartbeat
-    from .pipeline.ingest import IngestionRun, backoff_seconds
-    from .pipeline.runs import lock_ttl
-    from .sources.base import PermanentSourceError, TransientSourceError
+def _run_inline(source: str, options: dict, unit: str, total: int | None = None, take_over: bool = False):
+    from .coordination import lock_state, redis_client
+    from .pipeline import driver, takeover
 
     settings = current_app.config["SETTINGS"]
-    redis = redis_client(settings.redis_url)
-    lock = SourceLock(redis, source)
     run_id = str(uuid.uuid4())
-    if not lock.acquire(run_id, lock_ttl(settings)):
-        raise click.ClickException(f"a {source} run is already going: {lock.holder()}")
-    conn = psycopg2.connect(settings.libpq_url, connect_timeout=10)
-    identity_conn = psycopg2.connect(settings.libpq_url, connect_timeout=10)
-    identity_conn.autocommit = True
+    taken = takeover.take_over(settings, redis_client(settings.redis_url), source, run_id, forced=take_over)
+    if taken:
+        click.echo(f"took over {source} from run {taken['run_id']} ({taken['reason']}); it is marked failed "
+                   f"(superseded) and, if still alive, stops at its next batch", err=True)
     started = time.monotonic()
     rows = 0
     bar = tqdm(total=total, unit="B" if unit == "bytes" else " batch", unit_scale=unit == "bytes",
@@ -88,40 +88,29 @@ def _run_inline(source: str, options: dict, unit: str, total: int | None = None)
         bar.update(step)
         bar.set_postfix(rows=rows, rows_per_s=int(rows / max(time.monotonic() - started, 1e-6)))
 
+    attempt = driver.Attempt(source, run_id, "cli", options)
     try:
-        lifecycle.create_run(conn, run_id, source, "cli")
-        click.echo(f"run {run_id} ({source})", err=True)
-        failures = 0
         while True:
-            lifecycle.start_delivery(conn, run_id, source)
-            try:
-                with Heartbeat(settings.libpq_url, lock, run_id, lock_ttl(settings)):
-                    outcome = IngestionRun(run_id, source, settings, conn, identity_conn, redis=redis,
-                                           max_sleep=float("inf"), options=options, progress=progress).execute()
+            step = driver.deliver(settings, attempt, kind="cli", max_sleep=float("inf"), progress=progress,
+                                  on_started=lambda rid: click.echo(f"run {rid} ({source})", err=True))
+            if step.retry_in is None:
                 break
-            except TransientSourceError as exc:
-                failures += 1
-                if failures > settings.task_max_retries:
-                    raise
-                delay = backoff_seconds(failures, exc.retry_after)
-                click.echo(f"transient failure ({exc}); retrying in {delay}s", err=True)
-                lifecycle.postpone(conn, run_id, delay, str(exc))
-                time.sleep(delay)
-        lifecycle.finish_run(conn, run_id, outcome.status, outcome=outcome)
-    except (PermanentSourceError, TransientSourceError) as exc:
-        lifecycle.finish_run(conn, run_id, "failed", error=str(exc))
-        bar.close()
-        _print_summary(conn, run_id)
-        raise click.ClickException(str(exc)) from None
-    except BaseException as exc:
-        lifecycle.finish_run(conn, run_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
-        raise
+            click.echo(f"transient failure ({step.exc or step.error}); retrying in {step.retry_in}s", err=True)
+            time.sleep(step.retry_in)
+            attempt = step.attempt
     finally:
         bar.close()
-        lock.release(run_id)
-        identity_conn.close()
-    _print_summary(conn, run_id)
-    conn.close()
+    if step.summary.get("skipped"):
+        holder = step.summary.get("running_run_id")
+        raise click.ClickException(takeover.busy_message(source, lock_state(redis_client(settings.redis_url), source),
+                                                         holder))
+    conn = psycopg2.connect(settings.libpq_url, connect_timeout=10)
+    try:
+        _print_summary(conn, run_id)
+    finally:
+        conn.close()
+    if step.status == "failed":
+        raise click.ClickException(step.error)
 
 
 def _print_summary(conn, run_id: str) -> None:

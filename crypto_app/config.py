@@ -125,6 +125,8 @@ class Settings:
     rate_limit_max_sleep_seconds: float
     max_deliveries: int
     run_stale_after_seconds: int
+    db_retry_budget_seconds: int
+    retry_backoff_max_seconds: int
     max_request_bytes: int
     sources: dict = field(default_factory=dict)
 
@@ -206,6 +208,8 @@ def load_settings(env: dict | None = None) -> Settings:
         rate_limit_max_sleep_seconds=_float(env, "RATE_LIMIT_MAX_SLEEP_SECONDS", 2.0, 0.0, 60.0),
         max_deliveries=_int(env, "MAX_DELIVERIES", 5, 1, 100),
         run_stale_after_seconds=_int(env, "RUN_STALE_AFTER_SECONDS", 900, 10),
+        db_retry_budget_seconds=_int(env, "DB_RETRY_BUDGET_SECONDS", 600, 1, 7 * 24 * 3600),
+        retry_backoff_max_seconds=_int(env, "RETRY_BACKOFF_MAX_SECONDS", 60, 1, 3600),
         max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 64 * 1024, 1024),
         sources=sources,
     )

@@ -40,7 +40,8 @@ from . import ingest  # noqa: E402,F401  (register the tasks)
 @signals.beat_init.connect
 def _ingest_on_start(sender=None, **_kwargs):
     """Beat's first interval would leave a fresh install empty for minutes: queue every source now."""
-    from crypto_app.celery_settings import INGEST_TASK
+    from crypto_app.celery_settings import INGEST_TASK, display_name
 
     for name in flask_app.config["SETTINGS"].enabled_sources:
-        sender.app.send_task(INGEST_TASK, kwargs={"source": name, "trigger": "schedule"})
+        kwargs = {"source": name, "trigger": "schedule"}
+        sender.app.send_task(INGEST_TASK, kwargs=kwargs, shadow=display_name(INGEST_TASK, kwargs))

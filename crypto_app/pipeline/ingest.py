@@ -6,6 +6,8 @@ It resumes from the source's checkpoint when the previous attempt did not finish
   retries later with a countdown (the task) or sleeps (the CLI). Progress so far is committed.
 - TransientSourceError: the caller retries with backoff; progress so far is committed.
 - PermanentSourceError: the run is failed by the caller; retrying will not help.
+- RunSuperseded: the run lost its lock (`should_stop` said so at a batch boundary) or was failed by the
+  run that took its source; what it committed stays.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from ..sources.base import Batch
 from .datasets import DatasetRegistry
 from .drift import detect_drift, observe
 from .identity import IdentityError, IdentityResolver, load_overrides
-from .load import BatchWriter, LoadBatch
+from .load import BatchWriter, LoadBatch, RunSuperseded
 from .validate import validate_record
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ class IngestionRun:
     """Executes (or resumes) run `run_id` of `source_name`."""
 
     def __init__(self, run_id: str, source_name: str, settings, conn, identity_conn, redis=None,
-                 max_sleep: float | None = None, options: dict | None = None, progress=None):
+                 max_sleep: float | None = None, options: dict | None = None, progress=None, should_stop=None):
         self.run_id = str(run_id)
         self.source_name = source_name
         self.settings = settings
@@ -80,6 +82,7 @@ class IngestionRun:
         self.max_sleep = settings.rate_limit_max_sleep_seconds if max_sleep is None else max_sleep
         self.options = options or {}
         self.progress = progress or (lambda batch, counts: None)
+        self.should_stop = should_stop or (lambda: None)   # returns a reason to stop, checked per batch
 
     def execute(self) -> RunOutcome:
         stats, totals = self._load_run_state()
@@ -118,6 +121,9 @@ class IngestionRun:
         writer = BatchWriter(self.conn, written)
         try:
             for batch in source.batches(position):
+                reason = self.should_stop()
+                if reason:
+                    raise RunSuperseded(reason)
                 dataset = datasets.for_batch(source, batch.locator) if batch.records else None
                 rows, rejections = transform(source, resolver, batch)
                 observe(seen_types, batch.records)

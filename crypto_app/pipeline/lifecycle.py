@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from psycopg2.extras import Json
 
+from .load import source_lock_key
+
 TERMINAL = ("succeeded", "partial", "failed")
 
 
@@ -30,8 +32,18 @@ def run_flag(conn, run_id: str, flag: str) -> bool:
 
 
 def start_delivery(conn, run_id: str, source: str) -> int:
-    """Mark the run running for this delivery; return how many deliveries in a row died mid-way before."""
+    """Mark the run running for this delivery; return how many deliveries in a row died mid-way before.
+
+    Whoever starts a delivery holds the source's Redis lock, so any other run of the source still marked
+    running has lost its lock: it is failed as superseded here, under the source's advisory lock taken
+    exclusively, so none of its batches can commit after this (see load.guard_run)."""
     with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (source_lock_key(source),))
+        cur.execute("UPDATE etl_runs SET status = 'failed', finished_at = now(), unfinished_deliveries = 0, "
+                    "duration_seconds = EXTRACT(EPOCH FROM now() - COALESCE(started_at, created_at)), "
+                    "error = 'superseded: lost its lock; run ' || %s || ' took ' || source "
+                    "WHERE source = %s AND status = 'running' AND id <> %s",
+                    (str(run_id), source, run_id))
         cur.execute("SELECT cursor FROM checkpoints WHERE source = %s", (source,))
         row = cur.fetchone()
         cur.execute("UPDATE etl_runs SET status = 'running', started_at = COALESCE(started_at, now()), "
@@ -74,3 +86,21 @@ def finish_run(conn, run_id: str, status: str, outcome=None, error: str | None =
                     "duration_seconds = EXTRACT(EPOCH FROM now() - COALESCE(started_at, created_at)) "
                     "WHERE id = %s AND status NOT IN ('succeeded', 'partial', 'failed')", (status, error, run_id))
     conn.commit()
+
+
+def run_error(conn, run_id: str) -> str | None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT error FROM etl_runs WHERE id = %s", (run_id,))
+        row = cur.fetchone()
+    conn.commit()
+    return row[0] if row else None
+
+
+def apply_pending_verdicts(conn, verdicts) -> list[str]:
+    """Write the run failures decided while PostgreSQL was down (coordination.PendingVerdicts)."""
+    applied = []
+    for run_id, verdict in verdicts.all().items():
+        finish_run(conn, run_id, "failed", error=verdict["error"])
+        verdicts.done(run_id)
+        applied.append(run_id)
+    return applied

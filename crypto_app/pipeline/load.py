@@ -9,6 +9,13 @@ Quotes go through COPY into a temporary staging table and one set-based upsert:
 - duplicates inside a batch keep the last occurrence instead of failing the batch;
 - `dataset_assets` (rows, first and last observation per dataset and asset) moves in the same statement;
 - a record's `flags` (sorted soft-rule names) are stored as text[], NULL when there are none.
+
+The PostgreSQL-side guard against two writers of one source: every batch transaction takes the source's
+advisory lock in shared mode (segments of one run write side by side) and refuses to commit for a run
+that is already failed; a delivery that starts a run takes the same lock exclusively and fails every
+other running run of the source as superseded (lifecycle.start_delivery). So a run whose Redis lock was
+lost stops at its next batch even if Redis forgot who held it, and its batches never interleave with
+the new run's.
 """
 from __future__ import annotations
 
@@ -68,6 +75,24 @@ WHERE latest_quotes.observed_at < EXCLUDED.observed_at
 """
 
 
+class RunSuperseded(Exception):
+    """The run was failed (superseded, reaped, given up) while it was still writing: nothing more commits."""
+
+
+def source_lock_key(source: str) -> str:
+    """Text of the per-source advisory lock (hashed by PostgreSQL with hashtextextended)."""
+    return f"cryptoflow:source:{source}"
+
+
+def guard_run(cur, run_id: str, source: str) -> None:
+    """Inside a batch transaction: share the source's advisory lock and check the run may still write."""
+    cur.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", (source_lock_key(source),))
+    cur.execute("SELECT status, error FROM etl_runs WHERE id = %s", (run_id,))
+    row = cur.fetchone()
+    if row is not None and row[0] == "failed":
+        raise RunSuperseded(row[1] or f"run {run_id} was failed while it was writing")
+
+
 @dataclass
 class BatchResult:
     staged: int = 0
@@ -114,6 +139,7 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
     result = BatchResult()
     try:
         with conn.cursor() as cur:
+            guard_run(cur, batch.run_id, batch.source)
             cur.execute("INSERT INTO raw_payloads (run_id, source, locator, content_hash, fetched_at, record_count, body) "
                         "VALUES (%s, %s, %s, %s, %s, %s, %s)",
                         (batch.run_id, batch.source, Json(batch.locator), batch.content_hash, batch.fetched_at,

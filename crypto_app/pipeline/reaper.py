@@ -3,13 +3,23 @@ from __future__ import annotations
 
 import logging
 
-from ..coordination import SourceLock
+import redis as redis_lib
+
+from ..coordination import PendingVerdicts, SourceLock
+from .lifecycle import apply_pending_verdicts
 
 log = logging.getLogger(__name__)
 
 
 def reap_stale_runs(conn, redis, stale_after_seconds: int) -> list[tuple[str, str]]:
-    """Mark failed every run that stopped beating (running) or was never picked up (queued)."""
+    """Mark failed every run that stopped beating (running) or was never picked up (queued).
+
+    First, the failures decided while PostgreSQL was down (their honest error, not "worker lost")."""
+    try:
+        for run_id in apply_pending_verdicts(conn, PendingVerdicts(redis)):
+            log.warning("run failure written after the database came back", extra={"run_id": run_id})
+    except redis_lib.RedisError as exc:
+        log.warning("pending run failures unreadable", extra={"error": str(exc)})
     with conn.cursor() as cur:
         cur.execute(
             "UPDATE etl_runs SET status = 'failed', finished_at = now(), "

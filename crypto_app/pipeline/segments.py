@@ -24,7 +24,7 @@ from .datasets import DatasetRegistry
 from .identity import IdentityResolver, load_overrides
 from .ingest import transform
 from .lifecycle import finish_run
-from .load import LoadBatch, load_batch
+from .load import LoadBatch, RunSuperseded, load_batch
 
 log = logging.getLogger(__name__)
 BLOCK = 1 << 20
@@ -90,7 +90,9 @@ def plan(conn, settings, run_id: str) -> tuple[list[dict], set[str]]:
         if offset and info["prefix_sha256"] == entry.get("prefix_sha256"):
             continue     # unchanged, or grown / unfinished: the sequential reader resumes it at its offset
         previous = segments.get(rel)
-        parts = previous["parts"] if previous and previous.get("sha256") == info["sha256"] else info["parts"]
+        parts = info["parts"]
+        if previous and previous.get("sha256") == info["sha256"]:      # resume it; a new run, a new count
+            parts = {start: {**part, "unfinished": 0} for start, part in previous["parts"].items()}
         planned[rel] = {"sha256": info["sha256"], "size": info["size"], "run_id": run_id, "parts": parts}
         split.add(rel)
     if not planned:
@@ -110,21 +112,44 @@ def plan(conn, settings, run_id: str) -> tuple[list[dict], set[str]]:
     return tasks, split
 
 
-def run_segment(settings, conn, identity_conn, run_id: str, rel: str, start: int, end: int) -> bool:
-    """Load one segment from where it stopped; return True when it is done."""
+def start_delivery(conn, run_id: str, rel: str, start: int) -> int:
+    """Count a delivery of a segment on its run; return how many deliveries of it in a row died before.
+
+    The count lives in the segment's part of the checkpoint ("unfinished"), carried by every progress
+    write of the segment and reset when it is done, so a segment killed after some progress still counts."""
+    path = ["segments", rel, "parts", str(start), "unfinished"]
+    with conn.cursor() as cur:
+        cur.execute("UPDATE etl_runs SET deliveries = deliveries + 1, heartbeat_at = now() WHERE id = %s", (run_id,))
+        cur.execute("UPDATE checkpoints SET cursor = jsonb_set(cursor, %s::text[], "
+                    "to_jsonb(COALESCE((cursor #>> %s::text[])::int, 0) + 1), true) WHERE source = 'csv' "
+                    "RETURNING (cursor #>> %s::text[])::int", (path, path, path))
+        row = cur.fetchone()
+    conn.commit()
+    return (row[0] - 1) if row and row[0] is not None else 0
+
+
+def run_segment(settings, conn, identity_conn, run_id: str, rel: str, start: int, end: int,
+                should_stop=None) -> bool:
+    """Load one segment from where it stopped; return True when it is done.
+
+    `should_stop()` is asked before each batch; a reason raises RunSuperseded (what was loaded stays)."""
     part = (((_cursor(conn).get("segments") or {}).get(rel) or {}).get("parts") or {}).get(str(start))
     if part is None or part.get("done"):
         return True
+    unfinished = int(part.get("unfinished") or 0)
     source = CsvSource(settings)
     resolver = IdentityResolver(identity_conn, "csv", load_overrides(settings.csv_data_dir))
     datasets = DatasetRegistry(identity_conn, run_id, settings.csv_data_dir)
     rows_total = int(part.get("rows") or 0)
     for batch in source.segment_batches(rel, int(part["pos"]), end, int(part.get("line") or 1)):
+        reason = should_stop() if should_stop else None
+        if reason:
+            raise RunSuperseded(reason)
         dataset = datasets.for_batch(source, batch.locator) if batch.records else None
         rows, rejections = transform(source, resolver, batch)
         rows_total += len(rows)
         progress = {"end": end, "pos": batch.next_cursor["pos"], "line": batch.next_cursor["line"],
-                    "rows": rows_total, "done": batch.done}
+                    "rows": rows_total, "done": batch.done, "unfinished": 0 if batch.done else unfinished}
         load_batch(conn, LoadBatch(
             run_id=run_id, source="csv", rows=rows, dataset_id=dataset.id if dataset else None,
             dataset_interval=datasets.learned_interval(dataset, rows) if dataset else None,

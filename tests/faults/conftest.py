@@ -197,6 +197,9 @@ class ThrowawayPostgres:
 
         self.data.mkdir(parents=True)
         if self.user:
+            from pgserver.utils import ensure_user_exists
+
+            ensure_user_exists(self.user)      # as pgserver does: a machine that never ran it lacks the user
             shutil.chown(self.data, self.user, self.user)
         initdb(["--auth=trust", "--encoding=utf8", "-U", "postgres"], pgdata=self.data, user=self.user, timeout=120)
         return self
