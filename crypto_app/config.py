@@ -126,6 +126,7 @@ class Settings:
     max_deliveries: int
     run_stale_after_seconds: int
     max_request_bytes: int
+    worker_stale_after_seconds: float = 10.0
     sources: dict = field(default_factory=dict)
 
     @property
@@ -207,5 +208,6 @@ def load_settings(env: dict | None = None) -> Settings:
         max_deliveries=_int(env, "MAX_DELIVERIES", 5, 1, 100),
         run_stale_after_seconds=_int(env, "RUN_STALE_AFTER_SECONDS", 900, 10),
         max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 64 * 1024, 1024),
+        worker_stale_after_seconds=_float(env, "WORKER_STALE_AFTER_SECONDS", 10.0, 3.0, 600.0),
         sources=sources,
     )

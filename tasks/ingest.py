@@ -84,7 +84,9 @@ def ingest_source(self, source: str, run_id: str | None = None, trigger: str = "
         died_before = lifecycle.start_delivery(conn, run_id, source)
         if died_before >= settings.max_deliveries:
             return _fail(conn, lock, run_id, ctx, f"gave up: {died_before} deliveries in a row died mid-run")
-        log.info("run started", extra={**ctx, "attempt": failures + 1})
+        # a retry or a rate-limit wait comes back to a running run: "resumed", not a second "started"
+        log.info("run started" if status in (None, "queued") else "run resumed",
+                 extra={**ctx, "attempt": failures + 1})
         split = set()
         if source == "csv" and not (options or {}).get("files"):
             # large files go to segment tasks that any worker can take; the rest is read here
@@ -98,9 +100,11 @@ def ingest_source(self, source: str, run_id: str | None = None, trigger: str = "
                                        options=options).execute()
         except RateLimitWait as wait:
             countdown = max(1, math.ceil(wait.seconds))
+            log.info("rate limit wait", extra={**ctx, "wait_seconds": round(wait.seconds, 2), "countdown": countdown})
             return _retry(self, conn, lock, ttl, kwargs, countdown, f"rate limit: {countdown}s")
         except (TransientSourceError, psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             kwargs["failures"] = failures + 1
+            ctx["error_kind"] = getattr(exc, "kind", None) or "database"
             if kwargs["failures"] > settings.task_max_retries:
                 return _fail(conn, lock, run_id, ctx, f"gave up after {failures + 1} transient failures: {exc}")
             countdown = backoff_seconds(kwargs["failures"], getattr(exc, "retry_after", None))
@@ -125,7 +129,7 @@ def ingest_source(self, source: str, run_id: str | None = None, trigger: str = "
     except Retry:
         raise
     except PermanentSourceError as exc:
-        return _fail(conn, lock, run_id, ctx, str(exc))
+        return _fail(conn, lock, run_id, {**ctx, "error_kind": exc.kind}, str(exc))
     except SoftTimeLimitExceeded:
         return _fail(conn, lock, run_id, ctx, "time limit exceeded (RUN_TIME_LIMIT_SECONDS)")
     except Exception as exc:
