@@ -58,12 +58,13 @@ def describe(exc: BaseException, host: str, timeout: float) -> tuple[str, str]:
     tls = _first(errors, ssl.SSLError)
     if tls is not None or _first(errors, (requests.exceptions.SSLError, u3.SSLError)) is not None:
         return "tls", f"TLS handshake with {host} failed ({_tls_reason(tls)})"
-    if _first(errors, (requests.exceptions.ConnectTimeout, u3.ConnectTimeoutError)) is not None:
-        return "timeout", f"connecting to {host} timed out after {timeout:g}s"
-    if _first(errors, (requests.Timeout, u3.ReadTimeoutError, TimeoutError, socket.timeout)) is not None:
-        return "timeout", f"{host} timed out: no response within {timeout:g}s"
     if _first(errors, ConnectionRefusedError) is not None:
         return "refused", f"connection refused by {host}"
+    # urllib3's NewConnectionError subclasses ConnectTimeoutError: look at what the socket said first
+    if _first(errors, (TimeoutError, socket.timeout)) is not None or _first(errors, requests.Timeout) is not None:
+        if _first(errors, (requests.exceptions.ConnectTimeout, u3.ConnectTimeoutError)) is not None:
+            return "timeout", f"connecting to {host} timed out after {timeout:g}s"
+        return "timeout", f"{host} timed out: no response within {timeout:g}s"
     if _first(errors, ConnectionResetError) is not None:
         return "reset", f"connection reset by {host}"
     if _first(errors, (requests.exceptions.ChunkedEncodingError, u3.ProtocolError, u3.IncompleteRead)) is not None:
