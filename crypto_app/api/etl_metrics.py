@@ -61,8 +61,9 @@ ERRORS_SQL = text("""
 class EtlCollector:
     """A prometheus_client custom collector; needs an app context (it runs inside the /metrics view)."""
 
-    def __init__(self, sources):
+    def __init__(self, sources, schedules: dict | None = None):
         self.sources = tuple(sources)
+        self.schedules = dict(schedules or {})     # {source: schedule seconds}, for staleness alerts
 
     def collect(self):
         up = GaugeMetricFamily("cryptoflow_etl_metrics_up", "1 if the ETL metrics could be read from the database")
@@ -101,6 +102,11 @@ class EtlCollector:
                                       "Seconds since the last successful (or partial) run of the source finished; "
                                       "never succeeded: since its first run or since this process started, "
                                       "whichever is longer", labels=["source"])
+        schedule = GaugeMetricFamily("cryptoflow_source_schedule_seconds",
+                                     "Seconds between scheduled runs of the source (stale after twice this)",
+                                     labels=["source"])
+        for source, seconds in sorted(self.schedules.items()):
+            schedule.add_metric([source], float(seconds))
         never = GaugeMetricFamily("cryptoflow_source_never_succeeded",
                                   "1 while the source has no succeeded or partial run", labels=["source"])
 
@@ -145,4 +151,4 @@ class EtlCollector:
         for row in sorted(errors, key=lambda r: (r["source"], r["kind"])):
             kinds.add_metric([row["source"], row["kind"]], float(row["errors"]))
         yield from (runs_total, active, loaded, rejected, duration, upstream, kinds, waits, wait_seconds, freshness,
-                    never)
+                    never, schedule)

@@ -60,7 +60,9 @@ def init_http_metrics(app) -> None:
         PlatformCollector(registry=registry)
         http = PrometheusMetrics(app, path=None, registry=registry, **options)
     etl = CollectorRegistry(auto_describe=False)  # auto_describe off: registering must not query the DB
-    etl.register(EtlCollector(app.config["SETTINGS"].enabled_sources))
+    settings = app.config["SETTINGS"]
+    etl.register(EtlCollector(settings.enabled_sources,
+                              {name: settings.sources[name].schedule_seconds for name in settings.enabled_sources}))
     app.extensions[EXTENSION] = {"http": http, "etl": etl}
 
 
