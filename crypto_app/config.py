@@ -127,6 +127,7 @@ class Settings:
     run_stale_after_seconds: int
     max_request_bytes: int
     worker_stale_after_seconds: float = 10.0
+    health_cache_seconds: float = 1.0
     sources: dict = field(default_factory=dict)
 
     @property
@@ -209,5 +210,6 @@ def load_settings(env: dict | None = None) -> Settings:
         run_stale_after_seconds=_int(env, "RUN_STALE_AFTER_SECONDS", 900, 10),
         max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 64 * 1024, 1024),
         worker_stale_after_seconds=_float(env, "WORKER_STALE_AFTER_SECONDS", 10.0, 3.0, 600.0),
+        health_cache_seconds=_float(env, "HEALTH_CACHE_SECONDS", 1.0, 0.0, 60.0),
         sources=sources,
     )

@@ -102,3 +102,19 @@ def test_health_sees_real_workers_by_their_heartbeats_and_forgets_one_that_stops
     assert time.monotonic() - started < 1            # no broadcast ping waiting for replies
     w.stop()                                          # a clean shutdown removes it at once
     assert w.name not in workers()["names"]
+
+
+def test_health_is_computed_at_most_once_per_cache_period(client, db_conn, redis, app, monkeypatch):
+    from crypto_app.api import health as health_module
+
+    monkeypatch.setattr(health_module, "_cache", {})
+    monkeypatch.setitem(app.config, "HEALTH_CACHE_SECONDS", 60)
+    _healthy_otherwise(db_conn, redis)
+    first = client.get("/health")
+    redis.delete(liveness.WORKERS_KEY)                 # the worker vanishes...
+    second = client.get("/health")                     # ...but within the period the cached report is served
+    assert first.get_data() == second.get_data() and second.get_json()["status"] == "healthy"
+    assert second.content_type == "application/json"
+    monkeypatch.setitem(app.config, "HEALTH_CACHE_SECONDS", 0.2)
+    time.sleep(0.3)
+    assert client.get("/health").get_json()["status"] == "degraded"

@@ -4,7 +4,8 @@ Status codes: `healthy` and `degraded` answer 200 (data is served; degraded mean
 no worker is alive, or a source is stale, blocked or failing: see `reasons`), `unhealthy` answers 503
 (the database is unreachable).
 
-/health does no slow work in the request: one Redis round trip (a pipeline that pings, reads the
+/health does no slow work in the request. The report is computed at most once a second per process
+(HEALTH_CACHE_SECONDS) from one Redis round trip (a pipeline that pings, reads the
 workers' heartbeats and the sources' locks; 1 s socket timeout) and one SQL statement (2 s statement
 timeout). Workers are known alive from the heartbeats they write every 2 s (crypto_app/liveness.py),
 never from a Celery broadcast ping, which would wait its whole timeout for replies.
@@ -17,7 +18,7 @@ import time
 from datetime import datetime, timezone
 
 import marshmallow as ma
-from flask import current_app
+from flask import Response, current_app
 from flask_smorest import Blueprint
 from marshmallow import fields
 from sqlalchemy import text
@@ -170,7 +171,35 @@ def _log_change(status: str, reasons: list[str]) -> None:
 @blp.alt_response(503, schema=HealthSchema, description="unhealthy: the database is unreachable")
 def health():
     """Health of the service and its dependencies"""
-    return health_report()
+    _computed, data, code = cached_health(current_app._get_current_object())
+    return Response(data, status=code, mimetype="application/json")
+
+
+_cache: dict = {}
+_refreshing = threading.Lock()
+
+
+def cached_health(app) -> tuple[float, bytes, int]:
+    """(when computed, JSON body, status code), recomputed at most every HEALTH_CACHE_SECONDS (1 s; 0 under
+    TESTING unless set) per process. While one request recomputes it, the others answer with the previous
+    report instead of queueing behind it: /health costs a dictionary lookup under load."""
+    ttl = app.config.get("HEALTH_CACHE_SECONDS", 0 if app.testing else app.config["SETTINGS"].health_cache_seconds)
+    entry = _cache.get(id(app))
+    if ttl and entry and time.monotonic() - entry[0] < ttl:
+        return entry
+    if not _refreshing.acquire(blocking=not (ttl and entry)):
+        return entry
+    try:
+        entry = _cache.get(id(app))
+        if ttl and entry and time.monotonic() - entry[0] < ttl:
+            return entry
+        body, code = health_report()
+        entry = (time.monotonic(), HealthSchema().dumps(body).encode(), code)
+        if ttl:
+            _cache[id(app)] = entry
+        return entry
+    finally:
+        _refreshing.release()
 
 
 @blp.route("/live")
