@@ -1,6 +1,7 @@
 """ops/grafana/cryptoflow.json and ops/prometheus/alerts.yml name only metrics that /metrics really
 serves (scraped after real runs through a worker, so the ETL families have samples), and the rules
-file passes `promtool check rules` (Debian's `prometheus` package; .ci/run installs it)."""
+file passes `promtool check rules` and the unit tests in ops/prometheus/alerts_test.yml (`promtool test
+rules`; Debian's `prometheus` package, which .ci/run installs)."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from conftest import ROOT, wait_for
 
 DASHBOARD = ROOT / "ops" / "grafana" / "cryptoflow.json"
 ALERTS = ROOT / "ops" / "prometheus" / "alerts.yml"
+ALERT_TESTS = ROOT / "ops" / "prometheus" / "alerts_test.yml"
 METRIC = re.compile(r"\b((?:cryptoflow|flask)_[a-z0-9_]+)\b")
 AUTH = {"Authorization": "Bearer test-token"}
 
@@ -68,3 +70,7 @@ def test_the_alert_rules_pass_promtool():
     result = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+    # and they fire on what they describe: a never-succeeded source past 2x its schedule, runs that only fail
+    tested = subprocess.run([promtool, "test", "rules", str(ALERT_TESTS)], capture_output=True, text=True,
+                            timeout=60)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
