@@ -49,10 +49,10 @@ smoke: $(INSTALLED) ## end-to-end check against a running system (make run in an
 	$(BIN)/python tests/smoke.py --url http://localhost:$(PORT)
 
 worker: $(INSTALLED) ## a Celery worker alone
-	$(EMBEDDED) -- $(BIN)/celery -A tasks worker --loglevel=INFO --hostname=worker@%h
+	$(EMBEDDED) -- $(BIN)/celery -A tasks --quiet worker --loglevel=INFO --hostname=worker@%h
 
 beat: $(INSTALLED) ## Celery beat alone (run exactly one)
-	$(EMBEDDED) -- $(BIN)/celery -A tasks beat --loglevel=INFO
+	$(EMBEDDED) -- $(BIN)/celery -A tasks --quiet beat --loglevel=INFO
 
 flower: $(INSTALLED) ## Flower alone
 	$(EMBEDDED) -- $(BIN)/python -m crypto_app.flower

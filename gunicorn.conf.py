@@ -1,6 +1,7 @@
 """gunicorn settings for the API: `gunicorn -c gunicorn.conf.py wsgi:app` (what the Procfile runs).
 
 - bind: 0.0.0.0:$PORT (default 8000); workers: $WEB_CONCURRENCY (default 2).
+- logging: JSON lines on stderr (crypto_app/logs.py), gunicorn's own "Booting worker" lines included.
 - gthread workers: the master's heartbeat does not depend on requests, so a legacy `?sync=true`
   trigger may wait (up to 300 s) without the worker being killed for it.
 - Prometheus: with several workers the HTTP metrics live in files under PROMETHEUS_MULTIPROC_DIR
@@ -13,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crypto_app.config import PROJECT_ROOT, load_settings  # noqa: E402  (fails early, naming a bad setting)
+from crypto_app.logs import gunicorn_logconfig  # noqa: E402
 
 _settings = load_settings()
 bind = f"0.0.0.0:{_settings.port}"
@@ -25,6 +27,7 @@ keepalive = 5
 accesslog = None  # the app logs one JSON line per request, with its request id
 errorlog = "-"
 loglevel = _settings.log_level.lower()
+logconfig_dict = gunicorn_logconfig(_settings.log_level)   # gunicorn's own lines as JSON, service "api"
 # gunicorn >= 24 opens a control socket, by default ONE per user: a second gunicorn on the machine (tests,
 # a benchmark, another checkout) would take it over and could be stopped through it. One per port instead.
 control_socket = str(PROJECT_ROOT / "var" / f"gunicorn-{_settings.port}.ctl")

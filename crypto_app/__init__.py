@@ -12,7 +12,7 @@ from .logs import configure_logging
 def create_app(test_config: dict | None = None, settings: Settings | None = None) -> Flask:
     """Build the Flask app: settings from the environment (or `settings`), extensions, blueprints."""
     settings = settings or load_settings()
-    configure_logging(settings.log_level, service="api")
+    configure_logging(settings.log_level)   # service: api, worker, beat, flower or cli (logs.detect_service)
     app = Flask(__name__)
     app.config.update(
         SETTINGS=settings,

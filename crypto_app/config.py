@@ -128,6 +128,8 @@ class Settings:
     db_retry_budget_seconds: int
     retry_backoff_max_seconds: int
     max_request_bytes: int
+    worker_stale_after_seconds: float = 10.0
+    health_cache_seconds: float = 1.0
     sources: dict = field(default_factory=dict)
 
     @property
@@ -211,5 +213,7 @@ def load_settings(env: dict | None = None) -> Settings:
         db_retry_budget_seconds=_int(env, "DB_RETRY_BUDGET_SECONDS", 600, 1, 7 * 24 * 3600),
         retry_backoff_max_seconds=_int(env, "RETRY_BACKOFF_MAX_SECONDS", 60, 1, 3600),
         max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 64 * 1024, 1024),
+        worker_stale_after_seconds=_float(env, "WORKER_STALE_AFTER_SECONDS", 10.0, 3.0, 600.0),
+        health_cache_seconds=_float(env, "HEALTH_CACHE_SECONDS", 1.0, 0.0, 60.0),
         sources=sources,
     )

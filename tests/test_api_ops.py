@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from crypto_app.api import health as health_module
+from crypto_app import liveness
+from crypto_app.api.freshness import PROCESS_STARTED
 
 import api_data as d
 from api_data import app_with  # noqa: F401  (fixture)
@@ -18,32 +19,63 @@ def _fresh_runs(db_conn, sources=("coingecko", "coinpaprika", "csv")):
         d.run(db_conn, source, finished_at=d.NOW - timedelta(seconds=30))
 
 
-def test_health_is_degraded_without_workers_and_lists_sources(client, db_conn):
+def _worker_alive(redis, name="worker@test"):
+    """What a live worker's heartbeat_sent hook writes (tasks/__init__.py)."""
+    liveness.beat_worker(redis, name)
+
+
+def test_health_is_degraded_without_workers_and_lists_sources(client, db_conn, settings):
     d.run(db_conn, "coingecko", finished_at=d.NOW - timedelta(seconds=30))
-    d.run(db_conn, "csv", "failed", created_at=d.NOW)
+    d.run(db_conn, "csv", "failed", created_at=datetime.now(timezone.utc), error="csv: no such file")
     response = client.get("/health")
     assert response.status_code == 200
     body = response.get_json()
     assert body["status"] == "degraded"
     assert body["checks"]["database"]["status"] == "up" and body["checks"]["broker"]["status"] == "up"
     assert body["checks"]["workers"] == {**body["checks"]["workers"], "status": "down", "count": 0}
-    assert "no worker answered the ping" in body["reasons"]
-    assert body["sources"]["coingecko"]["stale"] is False and body["sources"]["coingecko"]["last_success"]
-    assert body["sources"]["csv"]["stale"] is True and body["sources"]["csv"]["last_success"] is None
-    assert body["sources"]["csv"]["last_status"] == "failed"
-    assert "source csv is stale" in body["reasons"] and "source coinpaprika is stale" in body["reasons"]
+    assert body["reasons"] == ["no worker alive (no heartbeat in the last 10 s)"]
+    gecko, csv, paprika = (body["sources"][s] for s in ("coingecko", "csv", "coinpaprika"))
+    assert gecko["stale"] is False and gecko["last_success"] and gecko["age_since"] == "last_success"
+    # never succeeded, but its schedule has not passed twice yet: an age, not stale (was: stale, age null)
+    assert csv["last_success"] is None and csv["stale"] is False and csv["last_status"] == "failed"
+    assert csv["age_since"] in ("first_run", "process_start") and 0 <= csv["age_seconds"] < 7200
+    assert csv["last_error"] == "csv: no such file" and csv["failing"] is False and csv["blocked"] is None
+    assert paprika["age_since"] == "process_start" and paprika["stale"] is False
+    assert abs(paprika["age_seconds"] - (time.time() - PROCESS_STARTED)) < 5
 
 
-def test_health_is_healthy_when_everything_answers(client, db_conn, monkeypatch):
-    monkeypatch.setattr(health_module, "ping_workers", lambda timeout: ["worker@test"])
+def test_a_source_that_never_succeeded_is_stale_once_its_schedule_has_passed_twice(client, db_conn, settings,
+                                                                                    redis):
+    _worker_alive(redis)
+    _fresh_runs(db_conn, ("coingecko", "csv"))
+    schedule = settings.sources["coinpaprika"].schedule_seconds
+    d.run(db_conn, "coinpaprika", "failed", created_at=datetime.now(timezone.utc) - timedelta(seconds=3 * schedule))
+    body = client.get("/health").get_json()
+    paprika = body["sources"]["coinpaprika"]
+    assert body["reasons"] == ["source coinpaprika is stale"]
+    assert paprika["age_since"] == "first_run" and 3 * schedule - 5 < paprika["age_seconds"] < 3 * schedule + 60
+
+
+def test_health_is_healthy_when_everything_answers(client, db_conn, redis):
+    _worker_alive(redis)
     _fresh_runs(db_conn)
     body = client.get("/health").get_json()
     assert body["status"] == "healthy" and body["reasons"] == []
     assert body["checks"]["workers"]["names"] == ["worker@test"]
+    assert body["checks"]["workers"]["last_seen_seconds"]["worker@test"] < 5
 
 
-def test_a_source_is_stale_after_twice_its_schedule(client, db_conn, monkeypatch, settings):
-    monkeypatch.setattr(health_module, "ping_workers", lambda timeout: ["worker@test"])
+def test_a_worker_whose_heartbeat_stopped_is_not_alive(client, db_conn, redis):
+    _fresh_runs(db_conn)
+    server_now = float(redis.time()[0])
+    redis.zadd(liveness.WORKERS_KEY, {"gone@test": server_now - 60})   # last beat a minute ago
+    _worker_alive(redis, "alive@test")
+    workers = client.get("/health").get_json()["checks"]["workers"]
+    assert workers["names"] == ["alive@test"] and workers["count"] == 1
+
+
+def test_a_source_is_stale_after_twice_its_schedule(client, db_conn, settings, redis):
+    _worker_alive(redis)
     _fresh_runs(db_conn, ("coingecko", "csv"))
     schedule = settings.sources["coinpaprika"].schedule_seconds
     d.run(db_conn, "coinpaprika", "partial", created_at=d.NOW - timedelta(seconds=2 * schedule + 60),
@@ -119,9 +151,11 @@ def test_metrics_expose_etl_figures_from_the_database(client, db_conn):
     d.run(db_conn, "coingecko", loaded=90, rejected=10, duration=2.5,
           stats={"http_status": {"200": 4, "429": 2}, "rate_limit_waits": 3, "rate_limit_wait_seconds": 1.5},
           finished_at=datetime.now(timezone.utc) - timedelta(seconds=100))   # not d.NOW: fixed at import
-    d.run(db_conn, "coingecko", "failed", duration=1.5, stats={"http_status": {"429": 1}, "rate_limit_waits": "x"})
+    d.run(db_conn, "coingecko", "failed", duration=1.5, stats={"http_status": {"429": 1}, "rate_limit_waits": "x",
+                                                              "upstream_errors": {"http_429": 1, "dns": 2}})
     d.run(db_conn, "csv", "running", loaded=5)
     client.get("/api/v1/data")
+    client.get("/no/such/route")
     response = client.get("/metrics")
     assert response.status_code == 200 and response.content_type.startswith("text/plain; version=0.0.4")
     text = response.get_data(as_text=True)
@@ -141,11 +175,23 @@ def test_metrics_expose_etl_figures_from_the_database(client, db_conn):
     assert samples[("cryptoflow_rate_limit_waits_total", cg)] == 3  # the malformed "x" is ignored
     assert samples[("cryptoflow_rate_limit_wait_seconds_total", cg)] == 1.5
     assert 95 <= samples[("cryptoflow_source_freshness_seconds", cg)] < 200
-    assert ("cryptoflow_source_freshness_seconds", (("source", "csv"),)) not in samples  # never succeeded
+    # never succeeded: measured from its first run or this process's start (was: no sample at all)
+    assert 0 <= samples[("cryptoflow_source_freshness_seconds", (("source", "csv"),))] < 3600
+    assert samples[("cryptoflow_source_never_succeeded", (("source", "csv"),))] == 1
+    assert samples[("cryptoflow_source_never_succeeded", cg)] == 0
+    # durations 2.5 and 1.5 s: a histogram with buckets (was a summary)
+    assert samples[("cryptoflow_etl_run_duration_seconds_bucket", (("le", "1.0"),) + cg)] == 0
+    assert samples[("cryptoflow_etl_run_duration_seconds_bucket", (("le", "5.0"),) + cg)] == 2
+    assert samples[("cryptoflow_etl_run_duration_seconds_bucket", (("le", "+Inf"),) + cg)] == 2
+    assert samples[("cryptoflow_upstream_errors_total", (("kind", "dns"),) + cg)] == 2
+    assert samples[("cryptoflow_upstream_errors_total", (("kind", "http_429"),) + cg)] == 1
     assert samples[("cryptoflow_etl_metrics_up", ())] == 1
     assert any(name == "flask_http_request_total" and value >= 1 for (name, _), value in samples.items())
     assert any(name == "flask_http_request_duration_seconds_count" and ("url_rule", "/api/v1/data") in labels
                for (name, labels) in samples)
+    unmatched = [labels for (name, labels) in samples if name == "flask_http_request_duration_seconds_count"
+                 and ("status", "404") in labels]
+    assert unmatched and all(("url_rule", "<unmatched>") in labels for labels in unmatched)   # was "None"
     alias = _samples(client.get("/api/v1/metrics").get_data(as_text=True))
     assert alias[("cryptoflow_etl_records_loaded_total", cg)] == 90
 
@@ -201,14 +247,3 @@ def test_odd_inputs_never_answer_500(client, db_conn, path):
         if response.status_code >= 400:
             assert set(response.get_json()) == {"status", "error", "message", "details", "request_id"}
     assert client.get("/api/v1/assets/%00").status_code == 400
-
-
-def test_the_worker_ping_is_reused_for_a_few_seconds(client, db_conn, monkeypatch, app):
-    calls = []
-    monkeypatch.setattr(health_module, "ping_workers", lambda timeout: calls.append(1) or ["worker@test"])
-    monkeypatch.setitem(app.config, "HEALTH_WORKERS_CACHE_SECONDS", 60)
-    monkeypatch.setattr(health_module, "_worker_cache", {})
-    first = client.get("/health").get_json()["checks"]["workers"]
-    second = client.get("/health").get_json()["checks"]["workers"]
-    assert len(calls) == 1 and first["names"] == second["names"] == ["worker@test"]
-    assert second["cached"] is True and "cached" not in first

@@ -233,7 +233,8 @@ def test_a_stalled_response_times_out_as_transient(fake_upstream):
 
 def test_connection_refused_is_transient(fake_upstream):
     source = make(fake_upstream, COINGECKO_BASE_URL="http://127.0.0.1:9/api/v3")
-    assert "connection failed" in str(fails_with(TransientSourceError, source))
+    error = fails_with(TransientSourceError, source)
+    assert error.kind == "refused" and "connection refused by 127.0.0.1:9" in str(error)
 
 
 @pytest.mark.parametrize("cut_connection", [False, True])

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..extensions import db
+from .freshness import source_age
 
 log = logging.getLogger(__name__)
 TERMINAL = ("succeeded", "partial", "failed")
 ACTIVE = ("queued", "running")
+# run durations span a 1 s API page to an hour-long CSV import
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
 # JSONB values are summed only when they are numbers: one malformed `stats` must not fail a scrape.
@@ -29,9 +32,11 @@ RUNS_SQL = text("""
                              THEN (stats->>'rate_limit_waits')::numeric END), 0) AS waits,
            coalesce(sum(CASE WHEN jsonb_typeof(stats->'rate_limit_wait_seconds') = 'number'
                              THEN (stats->>'rate_limit_wait_seconds')::numeric END), 0) AS wait_seconds,
-           extract(epoch FROM now() - max(finished_at)) AS age
+           extract(epoch FROM now() - max(finished_at)) AS age,
+           extract(epoch FROM now() - min(created_at)) AS first_age,
+           ARRAY[{buckets}] AS buckets
     FROM etl_runs GROUP BY source, status
-""")
+""".format(buckets=", ".join(f"count(*) FILTER (WHERE duration_seconds <= {b!r})" for b in DURATION_BUCKETS)))
 HTTP_SQL = text("""
     SELECT r.source, h.key AS code,
            coalesce(sum(CASE WHEN jsonb_typeof(h.value) = 'number' THEN (h.value #>> '{}')::numeric END), 0)
@@ -42,12 +47,23 @@ HTTP_SQL = text("""
     GROUP BY r.source, h.key
 """)
 
+ERRORS_SQL = text("""
+    SELECT r.source, e.key AS kind,
+           coalesce(sum(CASE WHEN jsonb_typeof(e.value) = 'number' THEN (e.value #>> '{}')::numeric END), 0)
+             AS errors
+    FROM etl_runs r
+    CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(r.stats->'upstream_errors') = 'object'
+                                       THEN r.stats->'upstream_errors' ELSE '{}'::jsonb END) e
+    GROUP BY r.source, e.key
+""")
+
 
 class EtlCollector:
     """A prometheus_client custom collector; needs an app context (it runs inside the /metrics view)."""
 
-    def __init__(self, sources):
+    def __init__(self, sources, schedules: dict | None = None):
         self.sources = tuple(sources)
+        self.schedules = dict(schedules or {})     # {source: schedule seconds}, for staleness alerts
 
     def collect(self):
         up = GaugeMetricFamily("cryptoflow_etl_metrics_up", "1 if the ETL metrics could be read from the database")
@@ -55,6 +71,7 @@ class EtlCollector:
             db.session.execute(text("SET LOCAL statement_timeout = 5000"))
             runs = db.session.execute(RUNS_SQL).mappings().all()
             http = db.session.execute(HTTP_SQL).mappings().all()
+            errors = db.session.execute(ERRORS_SQL).mappings().all()
             db.session.rollback()
         except SQLAlchemyError as exc:
             db.session.rollback()
@@ -64,9 +81,9 @@ class EtlCollector:
             return
         up.add_metric([], 1)
         yield up
-        yield from self._families(runs, http)
+        yield from self._families(runs, http, errors)
 
-    def _families(self, runs, http):
+    def _families(self, runs, http, errors):
         runs_total = CounterMetricFamily("cryptoflow_etl_runs", "Finished ETL runs by source and final status",
                                          labels=["source", "status"])
         active = GaugeMetricFamily("cryptoflow_etl_runs_in_progress", "ETL runs queued or running",
@@ -75,24 +92,38 @@ class EtlCollector:
                                      labels=["source"])
         rejected = CounterMetricFamily("cryptoflow_etl_records_rejected", "Records rejected by validation",
                                        labels=["source"])
-        duration = SummaryMetricFamily("cryptoflow_etl_run_duration_seconds", "Duration of finished ETL runs",
-                                       labels=["source"])
+        duration = HistogramMetricFamily("cryptoflow_etl_run_duration_seconds", "Duration of finished ETL runs",
+                                         labels=["source"])
         waits = CounterMetricFamily("cryptoflow_rate_limit_waits", "Times a run waited for the rate limiter",
                                     labels=["source"])
         wait_seconds = CounterMetricFamily("cryptoflow_rate_limit_wait_seconds",
                                            "Seconds runs spent waiting for the rate limiter", labels=["source"])
         freshness = GaugeMetricFamily("cryptoflow_source_freshness_seconds",
-                                      "Seconds since the last successful (or partial) run of the source finished",
-                                      labels=["source"])
-        by_source: dict[str, dict] = {s: {"loaded": 0, "rejected": 0, "timed": 0, "duration": 0.0, "waits": 0,
-                                          "wait_seconds": 0.0, "age": None} for s in self.sources}
+                                      "Seconds since the last successful (or partial) run of the source finished; "
+                                      "never succeeded: since its first run or since this process started, "
+                                      "whichever is longer", labels=["source"])
+        schedule = GaugeMetricFamily("cryptoflow_source_schedule_seconds",
+                                     "Seconds between scheduled runs of the source (stale after twice this)",
+                                     labels=["source"])
+        for source, seconds in sorted(self.schedules.items()):
+            schedule.add_metric([source], float(seconds))
+        never = GaugeMetricFamily("cryptoflow_source_never_succeeded",
+                                  "1 while the source has no succeeded or partial run", labels=["source"])
+
+        def empty():
+            return {"loaded": 0, "rejected": 0, "timed": 0, "duration": 0.0, "waits": 0, "wait_seconds": 0.0,
+                    "age": None, "first_age": None, "buckets": [0] * len(DURATION_BUCKETS)}
+
+        by_source: dict[str, dict] = {s: empty() for s in self.sources}
         counts = {(s, st): 0 for s in self.sources for st in TERMINAL + ACTIVE}
         for row in runs:
             counts[(row["source"], row["status"])] = row["runs"]
-            acc = by_source.setdefault(row["source"], {"loaded": 0, "rejected": 0, "timed": 0, "duration": 0.0,
-                                                       "waits": 0, "wait_seconds": 0.0, "age": None})
+            acc = by_source.setdefault(row["source"], empty())
             for key in ("loaded", "rejected", "timed", "duration", "waits", "wait_seconds"):
                 acc[key] += float(row[key])
+            acc["buckets"] = [a + int(b) for a, b in zip(acc["buckets"], row["buckets"])]
+            if row["first_age"] is not None:
+                acc["first_age"] = max(float(row["first_age"]), acc["first_age"] or 0.0)
             if row["status"] in ("succeeded", "partial") and row["age"] is not None:
                 age = max(float(row["age"]), 0.0)
                 acc["age"] = age if acc["age"] is None else min(acc["age"], age)
@@ -101,13 +132,23 @@ class EtlCollector:
         for source, acc in sorted(by_source.items()):
             loaded.add_metric([source], acc["loaded"])
             rejected.add_metric([source], acc["rejected"])
-            duration.add_metric([source], count_value=acc["timed"], sum_value=float(acc["duration"]))
+            cumulative = [(repr(le), n) for le, n in zip(DURATION_BUCKETS, acc["buckets"])]
+            duration.add_metric([source], buckets=cumulative + [("+Inf", acc["timed"])],
+                                sum_value=float(acc["duration"]))
             waits.add_metric([source], float(acc["waits"]))
             wait_seconds.add_metric([source], float(acc["wait_seconds"]))
-            if acc["age"] is not None:
-                freshness.add_metric([source], acc["age"])
+            if source in self.sources or acc["age"] is not None:
+                age, _since = source_age(acc["age"], acc["first_age"])
+                freshness.add_metric([source], round(age, 3))
+                never.add_metric([source], 1 if acc["age"] is None else 0)
         upstream = CounterMetricFamily("cryptoflow_upstream_http_responses",
                                        "HTTP responses from upstream APIs by status code", labels=["source", "status"])
         for row in sorted(http, key=lambda r: (r["source"], r["code"])):
             upstream.add_metric([row["source"], row["code"]], float(row["responses"]))
-        yield from (runs_total, active, loaded, rejected, duration, upstream, waits, wait_seconds, freshness)
+        kinds = CounterMetricFamily("cryptoflow_upstream_errors",
+                                    "Failed upstream requests by cause: dns, refused, timeout, tls, reset, truncated, "
+                                    "connection, redirect, invalid_payload, http_<status>", labels=["source", "kind"])
+        for row in sorted(errors, key=lambda r: (r["source"], r["kind"])):
+            kinds.add_metric([row["source"], row["kind"]], float(row["errors"]))
+        yield from (runs_total, active, loaded, rejected, duration, upstream, kinds, waits, wait_seconds, freshness,
+                    never, schedule)

@@ -1,63 +1,67 @@
-"""Health: database, broker, workers and freshness of each source; liveness and readiness probes.
+"""Health: database, broker, workers and each source (fresh, blocked, failing); liveness and readiness.
 
 Status codes: `healthy` and `degraded` answer 200 (data is served; degraded means the broker is down,
-no worker answered, or a source is stale), `unhealthy` answers 503 (the database is unreachable).
-Every probe is bounded: statement timeout on the database, 1 s socket timeout on Redis, 1 s Celery
-ping inside a 3 s hard limit.
+no worker is alive, or a source is stale, blocked or failing: see `reasons`), `unhealthy` answers 503
+(the database is unreachable).
+
+/health does no slow work in the request. The report is computed at most once a second per process
+(HEALTH_CACHE_SECONDS) from one Redis round trip (a pipeline that pings, reads the
+workers' heartbeats and the sources' locks; 1 s socket timeout) and one SQL statement (2 s statement
+timeout). Workers are known alive from the heartbeats they write every 2 s (crypto_app/liveness.py),
+never from a Celery broadcast ping, which would wait its whole timeout for replies.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import threading
 import time
 from datetime import datetime, timezone
 
 import marshmallow as ma
-from flask import current_app
+from flask import Response, current_app
 from flask_smorest import Blueprint
 from marshmallow import fields
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..broker import ping_workers
-from ..coordination import redis_client
+from ..coordination import KEY_PREFIX, redis_client
 from ..extensions import db
+from ..liveness import live_workers_command, parse_live
+from .health_sources import assess, read_sources
 
 log = logging.getLogger(__name__)
 blp = Blueprint("health", __name__, url_prefix="/health", description=(
     "Health and probes. /health answers 200 when healthy or degraded, 503 when unhealthy."))
-_pinger = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-ping")
 STATEMENT_TIMEOUT_MS = 2000
-LAST_RUNS_SQL = text("""
-    SELECT s.source, ok.finished_at AS last_success, last.status AS last_status,
-           last.created_at AS last_run_at, extract(epoch FROM now() - ok.finished_at) AS age
-    FROM unnest(CAST(:sources AS text[])) AS s(source)
-    LEFT JOIN LATERAL (SELECT finished_at FROM etl_runs r WHERE r.source = s.source
-                       AND r.status IN ('succeeded', 'partial') ORDER BY r.created_at DESC LIMIT 1) ok ON true
-    LEFT JOIN LATERAL (SELECT status, created_at FROM etl_runs r WHERE r.source = s.source
-                       ORDER BY r.created_at DESC LIMIT 1) last ON true
-""").bindparams(bindparam("sources", type_=db.ARRAY(db.Text)))
+REDIS_TIMEOUT = 1.0
 
 
 class ProbeSchema(ma.Schema):
     status = fields.String(required=True, metadata={"enum": ["up", "down", "unknown"]})
     latency_ms = fields.Float(allow_none=True)
     error = fields.String(allow_none=True)
-    count = fields.Integer(allow_none=True, metadata={"description": "Workers that answered (workers only)"})
-    names = fields.List(fields.String(), metadata={"description": "Workers that answered (workers only)"})
-    cached = fields.Boolean(metadata={"description": "The workers' answer is reused from a ping less than "
-                                                     "5 s old (workers only)"})
+    count = fields.Integer(allow_none=True, metadata={"description": "Workers alive (workers only)"})
+    names = fields.List(fields.String(), metadata={"description": "Workers alive (workers only)"})
+    last_seen_seconds = fields.Dict(keys=fields.String(), values=fields.Float(), metadata={
+        "description": "Seconds since each live worker's last heartbeat (workers only)"})
 
 
 class SourceHealthSchema(ma.Schema):
     last_success = fields.DateTime(allow_none=True, metadata={
         "description": "finished_at of the newest succeeded or partial run"})
-    age_seconds = fields.Float(allow_none=True)
+    age_seconds = fields.Float(metadata={
+        "description": "Seconds since the last success; never succeeded: since its first run or since the "
+                       "API process started, whichever is longer (see age_since)"})
+    age_since = fields.String(metadata={"enum": ["last_success", "first_run", "process_start"]})
     schedule_seconds = fields.Integer()
-    stale = fields.Boolean(metadata={"description": "Never succeeded, or last success older than 2x the schedule"})
+    stale = fields.Boolean(metadata={"description": "age_seconds is more than twice the schedule"})
     last_status = fields.String(allow_none=True, metadata={"description": "Status of the newest run"})
     last_run_at = fields.DateTime(allow_none=True)
+    last_error = fields.String(allow_none=True, metadata={"description": "Error of the newest run, if it failed"})
+    lock_holder = fields.String(allow_none=True, metadata={"description": "Run id holding the source's lock"})
+    blocked = fields.String(allow_none=True, metadata={
+        "description": "Why no run of this source can start (a dead run holds its lock), else null"})
+    failing = fields.Boolean(metadata={"description": "Its last 3 finished runs failed"})
 
 
 class HealthSchema(ma.Schema):
@@ -78,105 +82,88 @@ def _elapsed(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
 
-def check_database(settings) -> tuple[dict, dict]:
-    """SELECT 1 and each enabled source's last runs, under a statement timeout."""
+_clients: dict = {}
+_clients_lock = threading.Lock()
+
+
+def _redis(url: str):
+    """One client (and connection pool) per URL for the process: no TCP handshake per request."""
+    client = _clients.get(url)
+    if client is None:
+        with _clients_lock:
+            client = _clients.setdefault(url, redis_client(url, timeout=REDIS_TIMEOUT))
+    return client
+
+
+def check_redis(settings) -> tuple[dict, dict, dict]:
+    """(broker probe, workers probe, {source: (lock holder, ms left)}) in one round trip."""
+    unknown = {"status": "unknown", "error": "broker unreachable", "count": 0, "names": []}
+    if not settings.redis_url:
+        return {"status": "down", "error": "REDIS_URL is not set"}, unknown, {}
+    sources = list(settings.enabled_sources)
+    started = time.perf_counter()
+    try:
+        client = _redis(settings.redis_url)
+        pipe = client.pipeline(transaction=False)
+        pipe.eval(*live_workers_command(settings.worker_stale_after_seconds))
+        for name in sources:
+            pipe.get(f"{KEY_PREFIX}:lock:{name}")
+            pipe.pttl(f"{KEY_PREFIX}:lock:{name}")
+        live, *replies = pipe.execute()
+        workers = parse_live(live)
+    except Exception as exc:  # redis raises several types (connection, timeout, auth); all mean "down"
+        return {"status": "down", "latency_ms": _elapsed(started), "error": exc.__class__.__name__}, unknown, {}
+    broker = {"status": "up", "latency_ms": _elapsed(started)}
+    locks = {name: (replies[2 * i], replies[2 * i + 1]) for i, name in enumerate(sources) if replies[2 * i]}
+    names = sorted(workers)
+    probe = {"status": "up" if names else "down", "count": len(names), "names": names,
+             "last_seen_seconds": workers}
+    return broker, probe, locks
+
+
+def check_database(settings, locks: dict) -> tuple[dict, list]:
+    """The sources' rows (see health_sources.py) under a statement timeout."""
     started = time.perf_counter()
     try:
         db.session.execute(text("SET LOCAL statement_timeout = :ms"), {"ms": STATEMENT_TIMEOUT_MS})
-        db.session.execute(text("SELECT 1"))
-        probe = {"status": "up", "latency_ms": _elapsed(started)}
-        rows = db.session.execute(LAST_RUNS_SQL, {"sources": list(settings.enabled_sources)}).mappings().all()
+        rows = read_sources(settings, locks)
         db.session.rollback()
     except SQLAlchemyError as exc:
         db.session.rollback()
-        return {"status": "down", "latency_ms": _elapsed(started), "error": exc.__class__.__name__}, {}
-    sources = {}
-    for row in rows:
-        schedule = settings.sources[row["source"]].schedule_seconds
-        age = None if row["age"] is None else max(float(row["age"]), 0.0)
-        sources[row["source"]] = {
-            "last_success": row["last_success"], "age_seconds": None if age is None else round(age, 1),
-            "schedule_seconds": schedule, "stale": age is None or age > 2 * schedule,
-            "last_status": row["last_status"], "last_run_at": row["last_run_at"],
-        }
-    return probe, sources
-
-
-def check_broker(settings) -> dict:
-    started = time.perf_counter()
-    if not settings.redis_url:
-        return {"status": "down", "error": "REDIS_URL is not set"}
-    client = redis_client(settings.redis_url, timeout=1.0)
-    try:
-        client.ping()
-        return {"status": "up", "latency_ms": _elapsed(started)}
-    except Exception as exc:  # redis raises several types (connection, timeout, auth); all mean "down"
-        return {"status": "down", "latency_ms": _elapsed(started), "error": exc.__class__.__name__}
-    finally:
-        client.close()
-
-
-_worker_cache: dict = {}
-_worker_cache_lock = threading.Lock()
-
-
-def check_workers(app) -> dict:
-    """The Celery ping waits its whole timeout to collect replies, so its result is reused for
-    HEALTH_WORKERS_CACHE_SECONDS (5 s; 0 under TESTING): /health stays cheap under load."""
-    ttl = app.config.get("HEALTH_WORKERS_CACHE_SECONDS", 0 if app.testing else 5.0)
-    key = id(app)
-    cached = _worker_cache.get(key)
-    if ttl and cached and time.monotonic() - cached[0] < ttl:
-        return {**cached[1], "cached": True}
-    with _worker_cache_lock:
-        cached = _worker_cache.get(key)
-        if ttl and cached and time.monotonic() - cached[0] < ttl:
-            return {**cached[1], "cached": True}
-        result = _ping_workers_now(app)
-        if ttl:
-            _worker_cache[key] = (time.monotonic(), result)
-        return result
-
-
-def _ping_workers_now(app) -> dict:
-    started = time.perf_counter()
-
-    def ping():
-        with app.app_context():
-            return ping_workers(timeout=1.0)
-
-    try:
-        names = _pinger.submit(ping).result(timeout=3.0)
-    except concurrent.futures.TimeoutError:
-        return {"status": "unknown", "latency_ms": _elapsed(started), "error": "ping timed out", "count": 0,
-                "names": []}
-    except Exception as exc:  # a broken broker connection surfaces as kombu/redis errors of several types
-        return {"status": "unknown", "latency_ms": _elapsed(started), "error": exc.__class__.__name__,
-                "count": 0, "names": []}
-    return {"status": "up" if names else "down", "latency_ms": _elapsed(started), "count": len(names),
-            "names": names}
+        return {"status": "down", "latency_ms": _elapsed(started), "error": exc.__class__.__name__}, []
+    return {"status": "up", "latency_ms": _elapsed(started)}, rows
 
 
 def health_report() -> tuple[dict, int]:
     settings = current_app.config["SETTINGS"]
-    database, sources = check_database(settings)
-    broker = check_broker(settings)
-    workers = (check_workers(current_app._get_current_object()) if broker["status"] == "up"
-               else {"status": "unknown", "error": "broker unreachable", "count": 0, "names": []})
+    broker, workers, locks = check_redis(settings)
+    database, rows = check_database(settings, locks)
+    sources, source_reasons = assess(settings, rows, locks)
     reasons = []
     if database["status"] != "up":
         reasons.append("database unreachable")
     if broker["status"] != "up":
         reasons.append("broker unreachable: runs cannot be triggered or scheduled")
     elif workers["status"] != "up":
-        reasons.append("no worker answered the ping")
-    reasons += [f"source {name} is stale" for name, s in sources.items() if s["stale"]]
+        reasons.append(f"no worker alive (no heartbeat in the last {settings.worker_stale_after_seconds:g} s)")
+    reasons += source_reasons
     status = "unhealthy" if database["status"] != "up" else ("degraded" if reasons else "healthy")
-    if status != "healthy":
-        log.warning("health not healthy", extra={"status": status, "reasons": reasons})
     body = {"status": status, "reasons": reasons, "checked_at": datetime.now(timezone.utc),
             "checks": {"database": database, "broker": broker, "workers": workers}, "sources": sources}
+    _log_change(status, reasons)
     return body, 503 if status == "unhealthy" else 200
+
+
+_last_seen: dict = {"status": None, "reasons": None}
+
+
+def _log_change(status: str, reasons: list[str]) -> None:
+    """One log line when this process sees the health change (not one per request under load)."""
+    if (status, reasons) == (_last_seen["status"], _last_seen["reasons"]):
+        return
+    _last_seen.update(status=status, reasons=reasons)
+    level = logging.INFO if status == "healthy" else logging.WARNING
+    log.log(level, "health changed", extra={"status": status, "reasons": reasons})
 
 
 @blp.route("")
@@ -184,7 +171,35 @@ def health_report() -> tuple[dict, int]:
 @blp.alt_response(503, schema=HealthSchema, description="unhealthy: the database is unreachable")
 def health():
     """Health of the service and its dependencies"""
-    return health_report()
+    _computed, data, code = cached_health(current_app._get_current_object())
+    return Response(data, status=code, mimetype="application/json")
+
+
+_cache: dict = {}
+_refreshing = threading.Lock()
+
+
+def cached_health(app) -> tuple[float, bytes, int]:
+    """(when computed, JSON body, status code), recomputed at most every HEALTH_CACHE_SECONDS (1 s; 0 under
+    TESTING unless set) per process. While one request recomputes it, the others answer with the previous
+    report instead of queueing behind it: /health costs a dictionary lookup under load."""
+    ttl = app.config.get("HEALTH_CACHE_SECONDS", 0 if app.testing else app.config["SETTINGS"].health_cache_seconds)
+    entry = _cache.get(id(app))
+    if ttl and entry and time.monotonic() - entry[0] < ttl:
+        return entry
+    if not _refreshing.acquire(blocking=not (ttl and entry)):
+        return entry
+    try:
+        entry = _cache.get(id(app))
+        if ttl and entry and time.monotonic() - entry[0] < ttl:
+            return entry
+        body, code = health_report()
+        entry = (time.monotonic(), HealthSchema().dumps(body).encode(), code)
+        if ttl:
+            _cache[id(app)] = entry
+        return entry
+    finally:
+        _refreshing.release()
 
 
 @blp.route("/live")

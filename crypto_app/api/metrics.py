@@ -24,9 +24,9 @@ EXTENSION = "cryptoflow_metrics"
 METRICS_DOC = {
     "description": "Prometheus text format 0.0.4: HTTP metrics (flask_http_request_*) and ETL metrics "
                    "(cryptoflow_etl_runs_total, cryptoflow_etl_records_loaded_total, "
-                   "cryptoflow_etl_records_rejected_total, cryptoflow_etl_run_duration_seconds, "
-                   "cryptoflow_upstream_http_responses_total, cryptoflow_rate_limit_waits_total, "
-                   "cryptoflow_source_freshness_seconds, ...).",
+                   "cryptoflow_etl_records_rejected_total, cryptoflow_etl_run_duration_seconds (histogram), "
+                   "cryptoflow_upstream_http_responses_total, cryptoflow_upstream_errors_total, "
+                   "cryptoflow_rate_limit_waits_total, cryptoflow_source_freshness_seconds, ...).",
     "content": {CONTENT_TYPE_PLAIN_0_0_4: {"schema": {"type": "string"}}},
 }
 
@@ -39,9 +39,15 @@ def multiprocess_dir() -> str | None:
     return path
 
 
+def url_rule(request) -> str:
+    """The `url_rule` label: the route's rule (`/api/v1/assets/<slug>`), `<unmatched>` for a 404 that
+    matched no route (never the raw path: labels stay bounded)."""
+    return str(request.url_rule) if request.url_rule is not None else "<unmatched>"
+
+
 def init_http_metrics(app) -> None:
     """Attach prometheus-flask-exporter's request metrics to `app` (without its own /metrics route)."""
-    options = {"group_by": "url_rule", "defaults_prefix": "flask"}  # rules, not raw paths: bounded labels
+    options = {"group_by": url_rule, "defaults_prefix": "flask"}  # rules, not raw paths: bounded labels
     if multiprocess_dir() and not app.testing:
         from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
@@ -54,7 +60,9 @@ def init_http_metrics(app) -> None:
         PlatformCollector(registry=registry)
         http = PrometheusMetrics(app, path=None, registry=registry, **options)
     etl = CollectorRegistry(auto_describe=False)  # auto_describe off: registering must not query the DB
-    etl.register(EtlCollector(app.config["SETTINGS"].enabled_sources))
+    settings = app.config["SETTINGS"]
+    etl.register(EtlCollector(settings.enabled_sources,
+                              {name: settings.sources[name].schedule_seconds for name in settings.enabled_sources}))
     app.extensions[EXTENSION] = {"http": http, "etl": etl}
 
 

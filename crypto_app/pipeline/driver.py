@@ -147,6 +147,7 @@ class Delivery:
         """PostgreSQL is unreachable: retry within the time budget, else give up (lock freed now)."""
         now = time.time()
         attempt.outage_since = attempt.outage_since or now
+        self.ctx["error_kind"] = "database"
         waited = now - attempt.outage_since
         budget = self.settings.db_retry_budget_seconds
         cause = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
@@ -182,6 +183,7 @@ def deliver(settings, attempt: Attempt, *, kind: str = "worker", queue_segment=N
     except RunSuperseded as exc:
         return d.fail(str(exc), release=False)
     except PermanentSourceError as exc:
+        d.ctx["error_kind"] = exc.kind
         return d.fail(str(exc))
     except SoftTimeLimitExceeded:
         return d.fail("time limit exceeded (RUN_TIME_LIMIT_SECONDS)")
@@ -213,7 +215,9 @@ def _run(d: Delivery, attempt: Attempt, queue_segment, max_sleep, progress, on_s
     died_before = lifecycle.start_delivery(conn, run_id, d.source)
     if died_before >= settings.max_deliveries:
         return d.fail(f"gave up: {died_before} deliveries in a row died mid-run")
-    log.info("run started", extra={**d.ctx, "attempt": attempt.failures + 1})
+    # a retry or a rate-limit wait comes back to a running run: "resumed", not a second "started"
+    log.info("run started" if status in (None, "queued") else "run resumed",
+             extra={**d.ctx, "attempt": attempt.failures + 1})
     options, split = dict(attempt.options or {}), set()
     if d.source == "csv" and queue_segment is not None and not options.get("files"):
         # large files go to segment tasks that any worker can take; the rest is read here
@@ -228,9 +232,11 @@ def _run(d: Delivery, attempt: Attempt, queue_segment, max_sleep, progress, on_s
                                    should_stop=beat.lost_reason).execute()
     except RateLimitWait as wait:
         countdown = max(1, math.ceil(wait.seconds))
+        log.info("rate limit wait", extra={**d.ctx, "wait_seconds": round(wait.seconds, 2), "countdown": countdown})
         return d.retry(attempt, countdown, f"rate limit: {countdown}s")
     except TransientSourceError as exc:
         attempt.failures += 1
+        d.ctx["error_kind"] = exc.kind
         if exc.retry_after:          # the upstream said when: nobody asks it before then
             source_settings = settings.sources[d.source]
             RateLimiter(d.redis, d.source, source_settings.rate_per_minute, source_settings.burst).block(

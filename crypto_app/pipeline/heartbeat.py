@@ -19,6 +19,11 @@ from ..coordination import SourceLock
 log = logging.getLogger(__name__)
 
 
+def heartbeat_interval(ttl: float) -> float:
+    """Seconds between two beats of a run that holds its lock for `ttl` seconds (1 to 15)."""
+    return max(1.0, min(15.0, ttl / 4))
+
+
 class Heartbeat:
     def __init__(self, dsn: str, lock: SourceLock, run_id: str, ttl: float, interval: float | None = None,
                  extra_locks: tuple[tuple[SourceLock, str], ...] = (), kind: str = "worker"):
@@ -27,7 +32,7 @@ class Heartbeat:
         self.extra_locks = extra_locks      # (lock, holder) pairs renewed alongside, e.g. a segment's claim
         self.run_id = str(run_id)
         self.ttl = ttl
-        self.interval = interval or max(1.0, min(15.0, ttl / 4))
+        self.interval = interval or heartbeat_interval(ttl)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{self.run_id[:8]}", daemon=True)
         self.kind = kind

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from ..coordination import RateLimiter
 from ..sources import build_source
-from ..sources.base import Batch
+from ..sources.base import Batch, SourceError
 from .datasets import DatasetRegistry
 from .drift import detect_drift, observe
 from .identity import IdentityError, IdentityResolver, load_overrides
@@ -149,6 +149,11 @@ class IngestionRun:
                     record_count=len(batch.records), rejections=rejections, checkpoint=checkpoint,
                     run_counters=counts, run_stats=snapshot), counts)
             writer.close()
+        except SourceError as exc:
+            if exc.kind:    # counted per cause: cryptoflow_upstream_errors_total{source, kind}
+                errors = stats.setdefault("upstream_errors", {})
+                errors[exc.kind] = errors.get(exc.kind, 0) + 1
+            raise
         finally:
             writer.close(raise_error=False)   # interrupted: what was submitted is committed first
             stats["http_status"] = dict(http_status)

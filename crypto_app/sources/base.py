@@ -48,24 +48,30 @@ Throttle = Callable[[], None]
 
 
 class SourceError(Exception):
-    """Base of the errors a source raises."""
+    """Base of the errors a source raises. `kind` names the cause for metrics and logs: dns, refused,
+    timeout, tls, reset, truncated, connection, redirect, invalid_payload, http_<status>, or None (a
+    source's own check, e.g. a missing file); see crypto_app.sources.failures."""
+
+    def __init__(self, message: str, status: int | None = None, kind: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind or (f"http_{status}" if status else None)
 
 
 class TransientSourceError(SourceError):
     """Worth retrying: connection errors, timeouts, 5xx, 429. `retry_after` in seconds if known."""
 
-    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None,
+                 kind: str | None = None):
+        super().__init__(message, status=status, kind=kind)
         self.retry_after = retry_after
-        self.status = status
 
 
 class PermanentSourceError(SourceError):
     """Retrying will not help: 401/403/404, a body that is not the expected JSON, a bad file."""
 
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
+    def __init__(self, message: str, status: int | None = None, kind: str | None = None):
+        super().__init__(message, status=status, kind=kind)
 
 
 class Source(ABC):

@@ -78,7 +78,8 @@ class CoinGeckoSource(Source):
                 body, raw = http.get_json(s.coingecko_base_url + PATH, params)
                 if not isinstance(body, list):
                     raise PermanentSourceError(f"coingecko sent a {type(body).__name__} instead of a list on "
-                                               f"{PATH} page {page}: {http.mask(_describe(body))}")
+                                               f"{PATH} page {page}: {http.mask(_describe(body))}",
+                                               kind="invalid_payload")
                 records, invalid = [], []
                 for item in body:
                     if not isinstance(item, dict):

@@ -76,7 +76,7 @@ class CoinPaprikaSource(Source):
             http.close()
         if not isinstance(body, list):
             raise PermanentSourceError(f"coinpaprika sent a {type(body).__name__} instead of a list on {PATH}: "
-                                       f"{http.mask(repr(body)[:200])}")
+                                       f"{http.mask(repr(body)[:200])}", kind="invalid_payload")
         total = len(body)
         while True:
             chunk = body[offset:offset + CHUNK]

@@ -4,12 +4,17 @@
 whether retrying can help:
 
 - connection errors, timeouts, a body cut off mid-transfer, 5xx, CoinGecko's 408, and 429 (JSON or
-  Cloudflare HTML) -> TransientSourceError; a 429 carries `retry_after` seconds from `Retry-After`
+  Cloudflare HTML) -> TransientSourceError; a connection-level failure names its cause and `kind`
+  (dns, refused, timeout, tls, reset, truncated: see failures.py), e.g. "coingecko: DNS lookup failed
+  for api.coingecko.com (Name or service not known) on /api/v3/coins/markets"; a 429 carries
+  `retry_after` seconds from `Retry-After`
   (seconds or an HTTP date) or else from `x-ratelimit-reset` (`2025-07-25 14:54:00 +0000`);
 - a redirect (never followed: CoinPaprika answers a trailing slash with a 301 HTML page), 400/401/402/
   403/404 and other 4xx, a 2xx that is HTML or otherwise not JSON -> PermanentSourceError, with the
   upstream's own message when its error body is JSON;
 - a 2xx JSON body that does not decode (truncated) -> TransientSourceError.
+
+Every error carries `kind`: the cause above, `http_<status>`, `redirect` or `invalid_payload`.
 
 `throttle()` runs before every request (the shared rate limit; whatever it raises propagates untouched)
 and `on_http_status(code)` after every response. API keys travel in headers only: messages, logs and
@@ -28,6 +33,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from . import failures
 from .base import PermanentSourceError, TransientSourceError
 
 log = logging.getLogger(__name__)
@@ -57,21 +63,22 @@ class HttpClient:
         self.session.close()
 
     def get_json(self, url: str, params: dict | None = None) -> tuple[Any, bytes]:
-        path = urlsplit(url).path
+        split = urlsplit(url)
+        path = split.path
         self.throttle()
         started = time.monotonic()
         try:
             response = self.session.get(url, params=params, timeout=(self.timeout, self.timeout),
                                         allow_redirects=False)
             raw = response.content
-        except requests.Timeout as exc:
-            raise TransientSourceError(f"{self.name} timed out after {self.timeout:g}s on {path}") from exc
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.ContentDecodingError) as exc:
-            raise TransientSourceError(
-                f"{self.name} connection failed on {path}: {exc.__class__.__name__}") from exc
+            host = split.hostname or "?"
+            kind, cause = failures.describe(exc, f"{host}:{split.port}" if split.port else host, self.timeout)
+            raise TransientSourceError(f"{self.name}: {cause} on {path}", kind=kind) from exc
         except requests.RequestException as exc:    # a malformed URL or header: configuration, not luck
-            raise PermanentSourceError(f"{self.name} request to {path} failed: {exc.__class__.__name__}") from exc
+            raise PermanentSourceError(f"{self.name} request to {path} failed: {exc.__class__.__name__}",
+                                       kind="request") from exc
         status = response.status_code
         self.on_http_status(status)
         log.debug("upstream response", extra={"source": self.name, "path": path, "status": status,
@@ -79,7 +86,8 @@ class HttpClient:
         if 300 <= status < 400:
             where = urlsplit(response.headers.get("Location", "")).path or "?"
             raise PermanentSourceError(f"{self.name} answered {status} redirecting {path} to {where}; "
-                                       "redirects are not followed (check the base URL)", status=status)
+                                       "redirects are not followed (check the base URL)", status=status,
+                                       kind="redirect")
         if status >= 500 or status in TRANSIENT_STATUSES:
             retry_after = retry_after_seconds(response.headers) if status == 429 else None
             raise TransientSourceError(f"{self.name} answered {status} on {path}: {self._detail(response, raw)}",
@@ -95,12 +103,13 @@ class HttpClient:
         if "html" in content_type or start == b"<" or (start not in (b"[", b"{") and "json" not in content_type):
             raise PermanentSourceError(f"{self.name} expected JSON, got {content_type} on {path} "
                                        f"({response.status_code}): {self._excerpt(raw)!r}",
-                                       status=response.status_code)
+                                       status=response.status_code, kind="invalid_payload")
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise TransientSourceError(f"{self.name} sent JSON that does not decode on {path} "
-                                       f"({len(raw)} bytes, truncated?): {exc}", status=response.status_code) from None
+                                       f"({len(raw)} bytes, truncated?): {exc}", status=response.status_code,
+                                       kind="invalid_payload") from None
 
     def _detail(self, response: requests.Response, raw: bytes) -> str:
         """The upstream's own error message when the body is JSON, else a short excerpt of the body."""
