@@ -24,6 +24,7 @@ from .identity import IdentityResolver, load_overrides
 from .ingest import transform
 from .lifecycle import finish_run
 from .load import LoadBatch, load_batch
+from .plausibility import PlausibilityCheck
 
 log = logging.getLogger(__name__)
 BLOCK = 1 << 20
@@ -117,8 +118,9 @@ def run_segment(settings, conn, identity_conn, run_id: str, rel: str, start: int
     source = CsvSource(settings)
     resolver = IdentityResolver(identity_conn, "csv", load_overrides(settings.csv_data_dir))
     rows_total = int(part.get("rows") or 0)
+    checks = PlausibilityCheck(settings.plausibility, "csv", identity_conn)
     for batch in source.segment_batches(rel, int(part["pos"]), end, int(part.get("line") or 1)):
-        rows, rejections = transform(source, resolver, batch)
+        rows, rejections, quality = transform(source, resolver, batch, checks)
         rows_total += len(rows)
         progress = {"end": end, "pos": batch.next_cursor["pos"], "line": batch.next_cursor["line"],
                     "rows": rows_total, "done": batch.done}
@@ -127,7 +129,7 @@ def run_segment(settings, conn, identity_conn, run_id: str, rel: str, start: int
             fetched_at=batch.fetched_at, record_count=len(batch.records), rejections=rejections,
             checkpoint_patch=(["segments", rel, "parts", str(start)], progress),
             run_counters={"fetched": len(batch.records) + len(batch.invalid), "loaded": len(rows),
-                          "rejected": len(rejections), "pages": 1}))
+                          "rejected": len(rejections), "pages": 1}, quality=quality))
     return True
 
 

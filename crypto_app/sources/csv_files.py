@@ -31,6 +31,7 @@ class CsvSource(Source):
     name = "csv"
     rate_limited = False
     cursor_persists = True          # the per-file cursor outlives a completed run: unchanged files are skipped
+    number_format = None            # each column's decimal mark is decided from the file's own evidence
 
     # -- files ------------------------------------------------------------------------------------
 
@@ -262,6 +263,10 @@ class CsvSource(Source):
             out[field] = record.get(column)
         out.update(identity(record, fmt))
         return out
+
+    def column_of(self, record: dict, field: str) -> str:
+        columns = tuple(k for k in record if not k.startswith("_"))
+        return describe(columns, record.get("_file") or "").fields.get(field, field)
 
 
 def _valid_entries(files) -> dict:
