@@ -111,8 +111,7 @@ def _run_inline(source: str, options: dict, unit: str, total: int | None = None)
     except (PermanentSourceError, TransientSourceError) as exc:
         lifecycle.finish_run(conn, run_id, "failed", error=str(exc))
         bar.close()
-        _print_summary(conn, run_id)
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"run {run_id} failed: {exc}") from None   # one line, the root cause
     except BaseException as exc:
         lifecycle.finish_run(conn, run_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
         raise

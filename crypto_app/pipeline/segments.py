@@ -81,7 +81,7 @@ def plan(conn, settings, run_id: str) -> tuple[list[dict], set[str]]:
         size = path.stat().st_size
         if size < 2 * settings.csv_segment_bytes:
             continue
-        header_end = source.header_end(path)
+        header_end = source.header_end(path, rel)
         if header_end is None:
             continue
         entry = files_state.get(rel) or {}
