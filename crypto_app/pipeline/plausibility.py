@@ -109,6 +109,19 @@ class PlausibilityCheck:
         self.conn = conn
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self._last: dict[int, tuple[datetime, Decimal]] = {}
+        s = settings
+        checks = {
+            "ohlc_order": lambda row, now: ohlc_order(row.get("open_usd"), row.get("high_usd"), row.get("low_usd"),
+                                                      row.get("price_usd")),
+            "non_negative_finite": lambda row, now: non_negative_finite(row),
+            "market_cap_ceiling": lambda row, now: market_cap_ceiling(row.get("market_cap_usd"),
+                                                                      s.market_cap_ceiling_usd),
+            "market_cap_consistency": lambda row, now: market_cap_consistency(
+                row.get("market_cap_usd"), row.get("price_usd"), row.get("circulating_supply"), s.market_cap_tolerance),
+            "future_time": lambda row, now: future_time(row["observed_at"], now, s.clock_skew_seconds),
+        }
+        self._rules = [(rule, self.severity[rule], check) for rule, check in checks.items()
+                       if self.severity[rule] != "off"]
 
     def check(self, rows: list[tuple[dict, object]]) -> tuple[list[tuple[dict, object]], list[tuple], Counter]:
         """rows: (clean record with asset_id, raw record). Returns (accepted rows with `flags`,
@@ -132,24 +145,12 @@ class PlausibilityCheck:
         return accepted, quarantined, counts
 
     def _row_rules(self, row: dict, now: datetime) -> tuple[dict, list]:
-        s, severity = self.settings, self.severity
-        found = {
-            "ohlc_order": lambda: ohlc_order(row.get("open_usd"), row.get("high_usd"), row.get("low_usd"),
-                                             row.get("price_usd")),
-            "non_negative_finite": lambda: non_negative_finite(row),
-            "market_cap_ceiling": lambda: market_cap_ceiling(row.get("market_cap_usd"), s.market_cap_ceiling_usd),
-            "market_cap_consistency": lambda: market_cap_consistency(
-                row.get("market_cap_usd"), row.get("price_usd"), row.get("circulating_supply"), s.market_cap_tolerance),
-            "future_time": lambda: future_time(row["observed_at"], now, s.clock_skew_seconds),
-        }
         hard, soft = {}, []
-        for rule, check in found.items():
-            if severity[rule] == "off":
-                continue
-            message = check()
+        for rule, severity, check in self._rules:
+            message = check(row, now)
             if message is None:
                 continue
-            if severity[rule] == "hard":
+            if severity == "hard":
                 hard[rule] = message
             else:
                 soft.append(rule)
