@@ -14,8 +14,9 @@ marshmallow schema parses and checks them. Rules:
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from datetime import date, datetime, timezone
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing as missing_, validates_schema
 
@@ -43,7 +44,18 @@ def parse_decimal(value, mark: str | None = MACHINE) -> Decimal:
     elif isinstance(value, float):
         number = Decimal(repr(value))  # the shortest text that round-trips, not the binary expansion
     elif isinstance(value, str):
-        number = parse_text(value, mark)
+        try:
+            number = Decimal(value)      # the common case, read inline: "28348.6", "1.0", "820947000"
+        except InvalidOperation:
+            number = parse_text(value, mark)
+        else:
+            dot = value.find(".")
+            if dot != -1 and len(value) - dot == 4:
+                start = 1 if value[0] in "+-" else 0
+                if 1 <= dot - start <= 3 and value[start] != "0":
+                    number = parse_text(value, mark)                  # "1.234": needs the column's mark
+            elif "_" in value or value[:1].isspace() or value[-1:].isspace():
+                number = parse_text(value, mark)
     else:
         raise ValueError(f"not a number: {value!r}")
     if not number.is_finite():
@@ -117,7 +129,7 @@ def _from_epoch(seconds: float) -> datetime:
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")   # PostgreSQL text cannot hold NUL or unpaired surrogates
 
 
-def rule_text(value):
+def rule_text(value, mark=None):
     if value is None or value is missing_:
         return None
     text = str(value).strip()
@@ -126,11 +138,11 @@ def rule_text(value):
     return text or None
 
 
-def rule_symbol(value):
+def rule_symbol(value, mark=None):
     return (rule_text(value) or "").upper()[:32] or None
 
 
-def rule_name(value):
+def rule_name(value, mark=None):
     return (rule_text(value) or "")[:200] or None
 
 
@@ -161,7 +173,7 @@ def rule_rank(value, mark=MACHINE):
     return int(number) or None  # CoinPaprika ranks inactive coins 0: no rank
 
 
-def rule_observed(value):
+def rule_observed(value, mark=None):
     if value is missing_ or is_missing(value):
         raise ValueError("is missing (an observation time is required)")
     return parse_timestamp(value)
@@ -258,18 +270,31 @@ def validate_record(normalized: dict, marks: dict | None = None) -> tuple[dict |
 
 def _validate_with_marks(normalized: dict, marks: dict) -> tuple[dict | None, dict | None]:
     """The schema's rules and messages, with each number read under its column's mark."""
-    clean, errors = {}, {}
+    bound = _bound_rules(tuple(sorted(marks.items())))
+    clean = {}
     get = normalized.get
-    for name, rule in _FIELD_RULES:
+    try:
+        for name, rule, mark in bound:
+            clean[name] = rule(get(name, missing_), mark)
+    except RULE_ERRORS:
+        clean = None
+    if clean is not None:
+        if identified(clean):
+            return clean, None
+        return None, {"symbol": ["a record needs a source id, a symbol or a name"]}
+    errors = {}
+    for name, rule, mark in bound:
         try:
-            clean[name] = rule(get(name, missing_), marks[name]) if name in marks else rule(get(name, missing_))
+            rule(get(name, missing_), mark)
         except RULE_ERRORS as exc:
             errors[name] = [str(exc)]
-    if errors:
-        return None, errors
-    if not identified(clean):
-        return None, {"symbol": ["a record needs a source id, a symbol or a name"]}
-    return clean, None
+    return None, errors
+
+
+@lru_cache(maxsize=256)
+def _bound_rules(marks: tuple) -> tuple:
+    by_field = dict(marks)
+    return tuple((name, rule, by_field.get(name, MACHINE)) for name, rule in _FIELD_RULES)
 
 
 def ambiguous_fields(errors: dict) -> list[str]:
