@@ -110,7 +110,7 @@ def _run_inline(source: str, options: dict, unit: str, total: int | None = None,
     finally:
         conn.close()
     if step.status == "failed":
-        raise click.ClickException(step.error)
+        raise click.ClickException(f"run {run_id} failed: {step.error}")   # one line, the root cause
 
 
 def _print_summary(conn, run_id: str) -> None:

@@ -5,6 +5,7 @@ A bad value fails at start with a message that names the variable.
 from __future__ import annotations
 
 import os
+from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlparse
@@ -17,6 +18,22 @@ COINGECKO_DEFAULT_URLS = {
     "demo": "https://api.coingecko.com/api/v3",
     "pro": "https://pro-api.coingecko.com/api/v3",
 }
+
+
+# Plausibility rules (crypto_app/pipeline/plausibility.py) and their default severity: "hard" quarantines
+# the record, "soft" stores it with a flag, "off" skips the rule. PLAUSIBILITY_<SOURCE> overrides them.
+PLAUSIBILITY_DEFAULTS = {
+    "ohlc_order": "hard",               # low <= open, close <= high
+    "non_negative_finite": "hard",      # prices, caps, volumes and supplies finite and >= 0
+    "market_cap_ceiling": "hard",       # market cap above PLAUSIBILITY_MARKET_CAP_CEILING_USD
+    "market_cap_consistency": "soft",   # market cap ~ price x circulating supply
+    "price_jump": "soft",               # x PLAUSIBILITY_PRICE_JUMP_FACTOR versus the previous observation
+    "future_time": "hard",              # observed_at later than now + PLAUSIBILITY_CLOCK_SKEW_SECONDS
+}
+# Per-source departures from the defaults: CoinGecko's high_24h/low_24h lag its current_price, so a
+# price just outside its own 24h range is common there and only flagged.
+PLAUSIBILITY_SOURCE_DEFAULTS = {"coingecko": {"ohlc_order": "soft"}}
+SEVERITIES = ("hard", "soft", "off")
 
 
 class ConfigError(ValueError):
@@ -88,6 +105,59 @@ def _sources(env, name, default):
     return tuple(names)
 
 
+def _decimal(env, name, default: str, minimum: str, maximum: str | None = None) -> Decimal:
+    raw = _str(env, name, default)
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value.is_finite() or value < Decimal(minimum) or (maximum is not None and value > Decimal(maximum)):
+        bounds = f"at least {minimum}" + (f" and at most {maximum}" if maximum is not None else "")
+        raise ConfigError(f"{name} must be a finite number {bounds}, got {raw!r}")
+    return value
+
+
+def _severities(env, name, source) -> dict:
+    """PLAUSIBILITY_<SOURCE>="price_jump:hard,market_cap_consistency:off" over the defaults."""
+    out = {**PLAUSIBILITY_DEFAULTS, **PLAUSIBILITY_SOURCE_DEFAULTS.get(source, {})}
+    for part in (_str(env, name) or "").split(","):
+        if not part.strip():
+            continue
+        rule, _, severity = (p.strip().lower() for p in part.partition(":"))
+        if rule not in PLAUSIBILITY_DEFAULTS:
+            raise ConfigError(f"{name} names an unknown plausibility rule {rule!r}; known: "
+                              f"{', '.join(PLAUSIBILITY_DEFAULTS)}")
+        if severity not in SEVERITIES:
+            raise ConfigError(f"{name}: rule {rule} needs a severity hard, soft or off (rule:severity), "
+                              f"got {part.strip()!r}")
+        out[rule] = severity
+    return out
+
+
+@dataclass(frozen=True)
+class PlausibilitySettings:
+    """Severity of each rule per source, and the rules' thresholds."""
+
+    severities: dict                    # source -> {rule: "hard" | "soft" | "off"}
+    price_jump_factor: Decimal
+    market_cap_tolerance: Decimal       # relative: 0.1 = within 10% of price x circulating supply
+    market_cap_ceiling_usd: Decimal
+    clock_skew_seconds: int
+
+    def for_source(self, source: str) -> dict:
+        return self.severities.get(source) or dict(PLAUSIBILITY_DEFAULTS)
+
+
+def load_plausibility(env) -> PlausibilitySettings:
+    return PlausibilitySettings(
+        severities={name: _severities(env, f"PLAUSIBILITY_{name.upper()}", name) for name in SOURCES},
+        price_jump_factor=_decimal(env, "PLAUSIBILITY_PRICE_JUMP_FACTOR", "20", "1.01"),
+        market_cap_tolerance=_decimal(env, "PLAUSIBILITY_MARKET_CAP_TOLERANCE", "0.1", "0", "100"),
+        market_cap_ceiling_usd=_decimal(env, "PLAUSIBILITY_MARKET_CAP_CEILING_USD", "1e13", "1"),
+        clock_skew_seconds=_int(env, "PLAUSIBILITY_CLOCK_SKEW_SECONDS", 300, 0, 86400 * 366),
+    )
+
+
 @dataclass(frozen=True)
 class SourceSettings:
     """Schedule and rate limit of one source."""
@@ -131,6 +201,7 @@ class Settings:
     worker_stale_after_seconds: float = 10.0
     health_cache_seconds: float = 1.0
     sources: dict = field(default_factory=dict)
+    plausibility: PlausibilitySettings = field(default_factory=lambda: load_plausibility({}))
 
     @property
     def libpq_url(self) -> str | None:
@@ -216,4 +287,5 @@ def load_settings(env: dict | None = None) -> Settings:
         worker_stale_after_seconds=_float(env, "WORKER_STALE_AFTER_SECONDS", 10.0, 3.0, 600.0),
         health_cache_seconds=_float(env, "HEALTH_CACHE_SECONDS", 1.0, 0.0, 60.0),
         sources=sources,
+        plausibility=load_plausibility(env),
     )

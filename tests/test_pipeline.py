@@ -61,7 +61,8 @@ def test_bad_records_are_quarantined_with_reasons_and_the_run_goes_on(test_env, 
     coins[1]["current_price"] = "NaN"         # not finite
     coins[2]["last_updated"] = "yesterday"    # not a time
     coins[3]["price_change_percentage_24h"] = -12.5   # negative change is fine
-    coins[4]["market_cap"] = 1e30             # huge values are kept exactly
+    coins[4]["total_supply"] = 1e30           # huge values are kept exactly (a market cap that big is not:
+    #                                           plausibility's market_cap_ceiling, tests/faults/test_plausibility.py)
     coins[5]["max_supply"] = None             # missing optional stays null
     fake_upstream.script("/api/v3/coins/markets", [fake_upstream.json_response(200, coins)])
     settings = settings_for(test_env, **fake_upstream.env(COINGECKO_RATE_PER_MINUTE=6000, REJECT_SHARE_PARTIAL=0.2))
@@ -74,7 +75,7 @@ def test_bad_records_are_quarantined_with_reasons_and_the_run_goes_on(test_env, 
     assert "price_usd" in rejected[coins[0]["id"]] and "observed_at" in rejected[coins[2]["id"]]
     errors = table(db_conn, "SELECT errors FROM rejected_records WHERE record->>'id' = %s", (coins[0]["id"],))[0][0]
     assert errors == {"price_usd": ["must not be negative"]}
-    values = dict(table(db_conn, "SELECT i.external_id, ARRAY[q.change_24h_pct, q.market_cap_usd, q.max_supply] "
+    values = dict(table(db_conn, "SELECT i.external_id, ARRAY[q.change_24h_pct, q.total_supply, q.max_supply] "
                                  "FROM quotes q JOIN asset_identifiers i ON i.asset_id = q.asset_id"))
     assert values[coins[3]["id"]][0] == Decimal("-12.5")
     assert values[coins[4]["id"]][1] == Decimal("1E+30")

@@ -20,7 +20,7 @@ def _history(path: Path, days: int, coins: int = 20) -> int:
         for day in range(days):
             date = f"{2000 + day // 336:04d}-{day % 336 // 28 + 1:02d}-{day % 28 + 1:02d}"
             for c in range(coins):
-                f.write(f"{date},C{c},Coin {c},{c + 1}.5,{c + 2},{c + 1},{c + day % 7 + 1}.25,{day * 10},{c * 1000}\n")
+                f.write(f"{date},C{c},Coin {c},{c + 1}.5,{c + 2},{c + 1},{c + 1}.{day % 7 + 1}25,{day * 10},{c * 1000}\n")
     return days * coins
 
 

@@ -3,9 +3,10 @@ import random
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import pytest
 from marshmallow import ValidationError
 
-from crypto_app.pipeline.validate import QUOTE_SCHEMA, parse_decimal, validate_record
+from crypto_app.pipeline.validate import QUOTE_SCHEMA, AmbiguousNumber, parse_decimal, validate_record
 
 SAMPLES = [None, "", "-", "N/A", "null", 0, -1, 1, 2.5, -0.0, 1e30, float("nan"), float("inf"), "NaN", "Infinity",
            "-3.5", "1,234.56", "1.234,56", "820,947,000", "9,92,65,40,000", "14.748.800.659", "6.32696E+11",
@@ -36,7 +37,9 @@ def test_the_bulk_path_and_the_schema_agree_on_random_records():
 def test_money_rules():
     assert parse_decimal("820,947,000") == Decimal("820947000")
     assert parse_decimal("9,92,65,40,000") == Decimal("9926540000")
-    assert parse_decimal("14.748.800.659") == Decimal("14748800659")
+    with pytest.raises(AmbiguousNumber):          # several dots: grouping only where "," marks decimals
+        parse_decimal("14.748.800.659")
+    assert parse_decimal("14.748.800.659", ",") == Decimal("14748800659")
     assert parse_decimal("6.32696E+11") == Decimal("632696000000")
     assert parse_decimal(0.1) == Decimal("0.1")                     # no binary float expansion
     clean, errors = validate_record({"symbol": "X", "price_usd": "-1", "observed_at": "2024-01-01"})

@@ -57,6 +57,17 @@ ERRORS_SQL = text("""
     GROUP BY r.source, e.key
 """)
 
+# Data-quality counts that batches add to etl_runs.stats->'quality' ("ambiguous_numbers", "soft:<rule>",
+# "hard:<rule>"); they only grow, so runs under way count too.
+QUALITY_SQL = text("""
+    SELECT r.source, q.key, coalesce(sum((q.value #>> '{}')::numeric), 0) AS n
+    FROM etl_runs r
+    CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(r.stats->'quality') = 'object'
+                                       THEN r.stats->'quality' ELSE '{}'::jsonb END) q
+    WHERE jsonb_typeof(q.value) = 'number'
+    GROUP BY r.source, q.key
+""")
+
 
 class EtlCollector:
     """A prometheus_client custom collector; needs an app context (it runs inside the /metrics view)."""
@@ -72,6 +83,7 @@ class EtlCollector:
             runs = db.session.execute(RUNS_SQL).mappings().all()
             http = db.session.execute(HTTP_SQL).mappings().all()
             errors = db.session.execute(ERRORS_SQL).mappings().all()
+            quality = db.session.execute(QUALITY_SQL).mappings().all()
             db.session.rollback()
         except SQLAlchemyError as exc:
             db.session.rollback()
@@ -82,6 +94,22 @@ class EtlCollector:
         up.add_metric([], 1)
         yield up
         yield from self._families(runs, http, errors)
+        yield from self._quality(quality)
+
+    def _quality(self, rows):
+        flags = CounterMetricFamily("cryptoflow_plausibility_flags",
+                                    "Records that broke a plausibility rule: severity soft = stored with a flag, "
+                                    "hard = quarantined", labels=["source", "rule", "severity"])
+        ambiguous = CounterMetricFamily("cryptoflow_ambiguous_numbers",
+                                        "Records quarantined for a number whose convention their file does not settle",
+                                        labels=["source"])
+        for row in sorted(rows, key=lambda r: (r["source"], r["key"])):
+            severity, _, rule = row["key"].partition(":")
+            if row["key"] == "ambiguous_numbers":
+                ambiguous.add_metric([row["source"]], float(row["n"]))
+            elif severity in ("soft", "hard") and rule:
+                flags.add_metric([row["source"], rule, severity], float(row["n"]))
+        yield from (flags, ambiguous)
 
     def _families(self, runs, http, errors):
         runs_total = CounterMetricFamily("cryptoflow_etl_runs", "Finished ETL runs by source and final status",

@@ -26,8 +26,10 @@ from ..sources.base import Batch, SourceError
 from .datasets import DatasetRegistry
 from .drift import detect_drift, observe
 from .identity import IdentityError, IdentityResolver, load_overrides
-from .load import BatchWriter, LoadBatch, RunSuperseded
-from .validate import validate_record
+from .load import KEEP_QUALITY, BatchWriter, LoadBatch, RunSuperseded
+from .numbers import MACHINE, column_marks
+from .plausibility import PlausibilityCheck
+from .validate import NUMBER_FIELDS, ambiguous_fields, validate_record
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,7 @@ class IngestionRun:
         datasets = DatasetRegistry(self.identity_conn, self.run_id,
                                    self.settings.csv_data_dir if source.name == "csv" else None)
         newest = saved.get("newest_observed_at")
+        checks = PlausibilityCheck(self.settings.plausibility, self.source_name, self.identity_conn)
 
         guard = threading.Lock()            # stats are updated by the writer thread, copied by this one
 
@@ -125,7 +128,8 @@ class IngestionRun:
                 if reason:
                     raise RunSuperseded(reason)
                 dataset = datasets.for_batch(source, batch.locator) if batch.records else None
-                rows, rejections = transform(source, resolver, batch)
+                rows, rejections, quality = transform(source, resolver, batch, checks,
+                                                      dataset.id if dataset else None)
                 observe(seen_types, batch.records)
                 counts = {"fetched": len(batch.records) + len(batch.invalid), "loaded": len(rows),
                           "rejected": len(rejections), "pages": 1}
@@ -147,7 +151,7 @@ class IngestionRun:
                     content_hash=batch.content_hash,
                     locator=batch.locator, fetched_at=batch.fetched_at, raw_body=batch.raw,
                     record_count=len(batch.records), rejections=rejections, checkpoint=checkpoint,
-                    run_counters=counts, run_stats=snapshot), counts)
+                    run_counters=counts, run_stats=snapshot, quality=quality), counts)
             writer.close()
         except SourceError as exc:
             if exc.kind:    # counted per cause: cryptoflow_upstream_errors_total{source, kind}
@@ -183,7 +187,8 @@ class IngestionRun:
         try:
             self.conn.rollback()
             with self.conn.cursor() as cur:
-                cur.execute("UPDATE etl_runs SET stats = %s WHERE id = %s", (json.dumps(stats), self.run_id))
+                cur.execute("UPDATE etl_runs SET stats = (%s::jsonb - 'quality') || " + KEEP_QUALITY + " WHERE id = %s",
+                            (json.dumps(stats), self.run_id))
             self.conn.commit()
         except Exception:  # the database may be the reason we are here; the caller handles that
             log.warning("could not save run stats", extra={"run_id": self.run_id})
@@ -216,21 +221,37 @@ def backoff_seconds(failures: int, retry_after: float | None, maximum: float = 6
     return math.ceil(min(delay, max(maximum, float(retry_after or 0)) + 1))
 
 
-def transform(source, resolver: IdentityResolver, batch: Batch) -> tuple[list[dict], list[tuple]]:
-    """Normalize, validate and resolve the records of one batch: (rows to load, rejections)."""
-    rows, rejections = [], []
+def transform(source, resolver: IdentityResolver, batch: Batch, checks: PlausibilityCheck | None = None,
+              dataset_id: int | None = None) -> tuple[list[dict], list[tuple], Counter]:
+    """Normalize, validate, resolve and check the records of one batch: (rows to load, rejections, quality
+    counts: "ambiguous_numbers", "soft:<rule>", "hard:<rule>").
+
+    Numbers of a source without a fixed number format (CSV files) are read under the decimal mark of
+    their column in this batch (crypto_app.pipeline.numbers). Every row carries `flags` (the soft
+    plausibility rules it tripped), stored in quotes.flags; `price_jump` compares within `dataset_id`."""
+    rejections, quality = [], Counter()
     for raw, reason in batch.invalid:
         rejections.append((reason, {"_record": [reason]}, raw, batch.locator))
+    normalized = []
     for record in batch.records:
         try:
-            normalized = source.normalize(record)
+            normalized.append((record, source.normalize(record)))
         except Exception as exc:  # a mapping bug must quarantine the record, not kill the run
             rejections.append((f"could not normalize: {exc.__class__.__name__}: {exc}",
                                {"_record": [str(exc)]}, record, batch.locator))
-            continue
-        clean, errors = validate_record(normalized)
+    marks = _number_marks(normalized) if getattr(source, "number_format", MACHINE) is None else None
+    checked = []
+    for record, values in normalized:
+        clean, errors = validate_record(values, marks)
         if errors:
-            reason = "invalid fields: " + ", ".join(sorted(errors))
+            ambiguous = ambiguous_fields(errors)
+            if ambiguous:
+                quality["ambiguous_numbers"] += 1
+                reason = "ambiguous number: " + "; ".join(
+                    f"{source.column_of(record, name)} {errors[name][0][len('ambiguous number '):]}"
+                    for name in ambiguous)
+            else:
+                reason = "invalid fields: " + ", ".join(sorted(errors))
             rejections.append((reason, errors, record, batch.locator))
             continue
         try:
@@ -238,5 +259,22 @@ def transform(source, resolver: IdentityResolver, batch: Batch) -> tuple[list[di
         except IdentityError as exc:
             rejections.append((str(exc), {"symbol": [str(exc)]}, record, batch.locator))
             continue
-        rows.append(clean)
-    return rows, rejections
+        checked.append((clean, record))
+    if checks is None:
+        for clean, _ in checked:
+            clean["flags"] = []
+        return [clean for clean, _ in checked], rejections, quality
+    accepted, implausible, counts = checks.check(checked, dataset_id)
+    quality.update(counts)
+    rejections.extend((reason, errors, record, batch.locator) for reason, errors, record in implausible)
+    return [clean for clean, _ in accepted], rejections, quality
+
+
+def _number_marks(normalized: list[tuple[dict, dict]]) -> dict:
+    """The decimal mark of each number field's column in this batch."""
+    columns = {}
+    for name in NUMBER_FIELDS:
+        texts = [v for _, values in normalized if isinstance(v := values.get(name), str)]
+        if texts:
+            columns[name] = texts
+    return column_marks(columns)

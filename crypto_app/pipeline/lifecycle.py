@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from psycopg2.extras import Json
 
-from .load import source_lock_key
+from .load import KEEP_QUALITY, source_lock_key
 
 TERMINAL = ("succeeded", "partial", "failed")
 
@@ -70,7 +70,7 @@ def postpone(conn, run_id: str, countdown: float, note: str) -> None:
 def record_outcome(conn, run_id: str, outcome, **flags) -> None:
     """Store what a coordinator learnt (stats, drift) while its segments are still loading."""
     with conn.cursor() as cur:
-        cur.execute("UPDATE etl_runs SET stats = stats || %s, schema_drift = %s WHERE id = %s",
+        cur.execute("UPDATE etl_runs SET stats = stats || (%s::jsonb - 'quality'), schema_drift = %s WHERE id = %s",
                     (Json({**outcome.stats, **flags}), Json(outcome.schema_drift) if outcome.schema_drift else None,
                      run_id))
     conn.commit()
@@ -79,7 +79,8 @@ def record_outcome(conn, run_id: str, outcome, **flags) -> None:
 def finish_run(conn, run_id: str, status: str, outcome=None, error: str | None = None) -> None:
     with conn.cursor() as cur:
         if outcome is not None:
-            cur.execute("UPDATE etl_runs SET stats = %s, schema_drift = %s WHERE id = %s",
+            cur.execute("UPDATE etl_runs SET stats = (%s::jsonb - 'quality') || " + KEEP_QUALITY + ", "
+                        "schema_drift = %s WHERE id = %s",
                         (Json(outcome.stats), Json(outcome.schema_drift) if outcome.schema_drift else None, run_id))
         cur.execute("UPDATE etl_runs SET status = %s, error = COALESCE(%s, error), finished_at = now(), "
                     "unfinished_deliveries = 0, "

@@ -93,6 +93,23 @@ def guard_run(cur, run_id: str, source: str) -> None:
         raise RunSuperseded(row[1] or f"run {run_id} was failed while it was writing")
 
 
+# etl_runs.stats->'quality' holds counts that batches ADD to ("ambiguous_numbers", "soft:<rule>",
+# "hard:<rule>"), in the transaction of their rows; statements that replace `stats` keep it (KEEP_QUALITY).
+KEEP_QUALITY = ("CASE WHEN stats ? 'quality' THEN jsonb_build_object('quality', stats->'quality') "
+                "ELSE '{}'::jsonb END")
+_UPDATE_RUN = """
+UPDATE etl_runs SET fetched = fetched + %(fetched)s, loaded = loaded + %(loaded)s, rejected = rejected + %(rejected)s,
+    pages = pages + %(pages)s, heartbeat_at = now(), checkpoint_after = COALESCE(%(checkpoint)s, checkpoint_after),
+    stats = (COALESCE(%(stats)s::jsonb, stats, '{}'::jsonb) - 'quality') || CASE
+        WHEN stats ? 'quality' OR %(quality)s::jsonb <> '{}'::jsonb THEN jsonb_build_object('quality',
+            COALESCE(stats->'quality', '{}'::jsonb) || COALESCE((
+                SELECT jsonb_object_agg(key, COALESCE((stats->'quality'->>key)::bigint, 0) + value::bigint)
+                FROM jsonb_each_text(%(quality)s::jsonb)), '{}'::jsonb))
+        ELSE '{}'::jsonb END
+WHERE id = %(run_id)s
+"""
+
+
 @dataclass
 class BatchResult:
     staged: int = 0
@@ -123,7 +140,8 @@ class LoadBatch:
     checkpoint: dict | None = None       # replaces the top-level keys it names in checkpoints.cursor
     checkpoint_patch: tuple[list[str], dict] | None = None   # (json path, value) set inside the cursor
     run_counters: dict = field(default_factory=dict)   # fetched/loaded/rejected/pages increments
-    run_stats: dict | None = None                       # replaces etl_runs.stats
+    run_stats: dict | None = None                       # replaces etl_runs.stats (but not its "quality")
+    quality: dict = field(default_factory=dict)         # added to etl_runs.stats->'quality' (counts by key)
 
 
 def _copy_text(value) -> str:
@@ -167,12 +185,11 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
                 cur.execute("UPDATE checkpoints SET cursor = jsonb_set(cursor, %s::text[], %s::jsonb, true), "
                             "updated_at = now() WHERE source = %s", (path, Json(value), batch.source))
             c = batch.run_counters
-            cur.execute("UPDATE etl_runs SET fetched = fetched + %s, loaded = loaded + %s, rejected = rejected + %s, "
-                        "pages = pages + %s, heartbeat_at = now(), checkpoint_after = COALESCE(%s, checkpoint_after), "
-                        "stats = COALESCE(%s, stats) WHERE id = %s",
-                        (c.get("fetched", 0), c.get("loaded", 0), c.get("rejected", 0), c.get("pages", 0),
-                         Json(batch.checkpoint) if batch.checkpoint is not None else None,
-                         Json(batch.run_stats) if batch.run_stats is not None else None, batch.run_id))
+            cur.execute(_UPDATE_RUN, {
+                "fetched": c.get("fetched", 0), "loaded": c.get("loaded", 0), "rejected": c.get("rejected", 0),
+                "pages": c.get("pages", 0), "checkpoint": Json(batch.checkpoint) if batch.checkpoint is not None else None,
+                "stats": Json(batch.run_stats) if batch.run_stats is not None else None,
+                "quality": Json({k: int(v) for k, v in batch.quality.items() if v}), "run_id": batch.run_id})
         conn.commit()
     except BaseException:
         conn.rollback()

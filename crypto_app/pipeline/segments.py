@@ -25,6 +25,7 @@ from .identity import IdentityResolver, load_overrides
 from .ingest import transform
 from .lifecycle import finish_run
 from .load import LoadBatch, RunSuperseded, load_batch
+from .plausibility import PlausibilityCheck
 
 log = logging.getLogger(__name__)
 BLOCK = 1 << 20
@@ -81,7 +82,7 @@ def plan(conn, settings, run_id: str) -> tuple[list[dict], set[str]]:
         size = path.stat().st_size
         if size < 2 * settings.csv_segment_bytes:
             continue
-        header_end = source.header_end(path)
+        header_end = source.header_end(path, rel)
         if header_end is None:
             continue
         entry = files_state.get(rel) or {}
@@ -141,12 +142,13 @@ def run_segment(settings, conn, identity_conn, run_id: str, rel: str, start: int
     resolver = IdentityResolver(identity_conn, "csv", load_overrides(settings.csv_data_dir))
     datasets = DatasetRegistry(identity_conn, run_id, settings.csv_data_dir)
     rows_total = int(part.get("rows") or 0)
+    checks = PlausibilityCheck(settings.plausibility, "csv", identity_conn)
     for batch in source.segment_batches(rel, int(part["pos"]), end, int(part.get("line") or 1)):
         reason = should_stop() if should_stop else None
         if reason:
             raise RunSuperseded(reason)
         dataset = datasets.for_batch(source, batch.locator) if batch.records else None
-        rows, rejections = transform(source, resolver, batch)
+        rows, rejections, quality = transform(source, resolver, batch, checks, dataset.id if dataset else None)
         rows_total += len(rows)
         progress = {"end": end, "pos": batch.next_cursor["pos"], "line": batch.next_cursor["line"],
                     "rows": rows_total, "done": batch.done, "unfinished": 0 if batch.done else unfinished}
@@ -157,7 +159,7 @@ def run_segment(settings, conn, identity_conn, run_id: str, rel: str, start: int
             fetched_at=batch.fetched_at, record_count=len(batch.records), rejections=rejections,
             checkpoint_patch=(["segments", rel, "parts", str(start)], progress),
             run_counters={"fetched": len(batch.records) + len(batch.invalid), "loaded": len(rows),
-                          "rejected": len(rejections), "pages": 1}))
+                          "rejected": len(rejections), "pages": 1}, quality=quality))
     return True
 
 

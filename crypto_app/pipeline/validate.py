@@ -2,8 +2,10 @@
 
 Every source maps its raw record onto the canonical field names (crypto_app.sources.base); this
 marshmallow schema parses and checks them. Rules:
-- money and supply: exact Decimal, finite, never negative; thousands separators ("820,947,000",
-  "9,92,65,40,000", "14.748.800.659") and scientific notation ("6.32696E+11") are understood;
+- money and supply: exact Decimal, finite, never negative; written numbers are read by
+  crypto_app.pipeline.numbers under the decimal mark of their column (a CSV file's own evidence; "."
+  for JSON sources): "820,947,000", "9,92,65,40,000", "1.234,56" where "," marks decimals, "6.32696E+11";
+  a number whose meaning the evidence does not settle raises AmbiguousNumber (the row is quarantined);
   "", "-", "null", "N/A" mean missing and become None (never zero);
 - percentage changes: finite, negative allowed;
 - observed_at: timezone-aware UTC; ISO 8601 strings, dates, "Feb 20, 2018", unix seconds or milliseconds;
@@ -12,10 +14,13 @@ marshmallow schema parses and checks them. Rules:
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing as missing_, validates_schema
+
+from .numbers import MACHINE, AmbiguousNumber, parse_text
 
 MISSING_TOKENS = {"", "-", "--", "null", "none", "n/a", "na"}
 _MS_THRESHOLD = 10_000_000_000  # unix times above this are milliseconds
@@ -27,8 +32,9 @@ def is_missing(value) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() in MISSING_TOKENS)
 
 
-def parse_decimal(value) -> Decimal:
-    """Parse a number the way people and spreadsheets write it; raise ValueError if it is not one."""
+def parse_decimal(value, mark: str | None = MACHINE) -> Decimal:
+    """Parse a number; raise ValueError if it is not one (AmbiguousNumber if its meaning depends on a
+    convention `mark` does not settle: see crypto_app.pipeline.numbers). JSON numbers need no mark."""
     if isinstance(value, bool):
         raise ValueError("not a number")
     if isinstance(value, Decimal):
@@ -39,21 +45,17 @@ def parse_decimal(value) -> Decimal:
         number = Decimal(repr(value))  # the shortest text that round-trips, not the binary expansion
     elif isinstance(value, str):
         try:
-            number = Decimal(value)   # the common case: a plain number; equal to the slow path's result
+            number = Decimal(value)      # the common case, read inline: "28348.6", "1.0", "820947000"
         except InvalidOperation:
-            number = None
-        if number is not None:
-            if not number.is_finite():
-                raise ValueError("must be a finite number (NaN and infinity are rejected)")
-            return _storable(number, len(value))
-        text = value.strip().replace("\u00a0", "").replace(" ", "").replace("_", "")
-        if text.startswith("$"):
-            text = text[1:]
-        text = _drop_group_separators(text)
-        try:
-            number = Decimal(text)
-        except InvalidOperation:
-            raise ValueError(f"not a number: {value!r}") from None
+            number = parse_text(value, mark)
+        else:
+            dot = value.find(".")
+            if dot != -1 and len(value) - dot == 4:
+                start = 1 if value[0] in "+-" else 0
+                if 1 <= dot - start <= 3 and value[start] != "0":
+                    number = parse_text(value, mark)                  # "1.234": needs the column's mark
+            elif "_" in value or value[:1].isspace() or value[-1:].isspace():
+                number = parse_text(value, mark)
     else:
         raise ValueError(f"not a number: {value!r}")
     if not number.is_finite():
@@ -73,27 +75,6 @@ def _storable(number: Decimal, digits_at_most: int | None) -> Decimal:
             and number.as_tuple().exponent < _NUMERIC_MIN_EXPONENT):
         raise ValueError("out of range: at most 131072 digits before the decimal point and 16383 after")
     return number
-
-
-_GROUPED = re.compile(r"^[+-]?\d{1,3}([,.]\d{2,3})+([.,]\d+)?$")
-
-
-def _drop_group_separators(text: str) -> str:
-    if "e" in text.lower() or not _GROUPED.match(text):
-        return text.replace(",", ".") if text.count(",") == 1 and "." not in text and len(text.split(",")[1]) != 3 else text
-    commas, dots = text.count(","), text.count(".")
-    if commas and dots:
-        # the last separator is the decimal mark: "1,234.56" or "1.234,56"
-        if text.rfind(",") > text.rfind("."):
-            return text.replace(".", "").replace(",", ".")
-        return text.replace(",", "")
-    if commas > 1 or (commas == 1 and len(text.split(",")[1]) == 3):
-        return text.replace(",", "")
-    if commas == 1:
-        return text.replace(",", ".")  # "12,50": a decimal comma (a group of two is never the last group)
-    if dots > 1:
-        return text.replace(".", "")
-    return text  # a single dot: a decimal mark ("1.234" stays one point two three four)
 
 
 _EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(3000, 1, 1, tzinfo=timezone.utc)
@@ -148,7 +129,7 @@ def _from_epoch(seconds: float) -> datetime:
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")   # PostgreSQL text cannot hold NUL or unpaired surrogates
 
 
-def rule_text(value):
+def rule_text(value, mark=None):
     if value is None or value is missing_:
         return None
     text = str(value).strip()
@@ -157,21 +138,21 @@ def rule_text(value):
     return text or None
 
 
-def rule_symbol(value):
+def rule_symbol(value, mark=None):
     return (rule_text(value) or "").upper()[:32] or None
 
 
-def rule_name(value):
+def rule_name(value, mark=None):
     return (rule_text(value) or "")[:200] or None
 
 
 def _amount(signed: bool, required: bool):
-    def rule(value):
+    def rule(value, mark=MACHINE):
         if value is missing_ or is_missing(value):
             if required:
                 raise ValueError("is missing (a price is required)")
             return None
-        number = parse_decimal(value)
+        number = parse_decimal(value, mark)
         if not signed and number < 0:
             raise ValueError("must not be negative")
         return number
@@ -183,16 +164,16 @@ rule_amount = _amount(signed=False, required=False)
 rule_change = _amount(signed=True, required=False)
 
 
-def rule_rank(value):
+def rule_rank(value, mark=MACHINE):
     if value is missing_ or is_missing(value):
         return None
-    number = parse_decimal(value)
+    number = parse_decimal(value, mark)
     if number != number.to_integral_value() or number < 0 or number > 2**31 - 1:
         raise ValueError("must be a whole number between 0 and 2147483647")
     return int(number) or None  # CoinPaprika ranks inactive coins 0: no rank
 
 
-def rule_observed(value):
+def rule_observed(value, mark=None):
     if value is missing_ or is_missing(value):
         raise ValueError("is missing (an observation time is required)")
     return parse_timestamp(value)
@@ -260,8 +241,18 @@ QUOTE_SCHEMA = QuoteRecordSchema()
 _FIELD_RULES = tuple((name, field.rule) for name, field in QUOTE_SCHEMA.fields.items())
 
 
-def validate_record(normalized: dict) -> tuple[dict | None, dict | None]:
-    """Return (clean record, None) or (None, field errors)."""
+# Fields whose text is a written number, read under the decimal mark of their column.
+NUMBER_FIELDS = ("price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd",
+                 "circulating_supply", "total_supply", "max_supply", "market_cap_rank", "change_24h_pct")
+
+
+def validate_record(normalized: dict, marks: dict | None = None) -> tuple[dict | None, dict | None]:
+    """Return (clean record, None) or (None, field errors).
+
+    `marks`: the decimal mark of each number field's column (crypto_app.pipeline.numbers.column_marks);
+    without it numbers are read as JSON sources write them ("." decimals)."""
+    if marks:
+        return _validate_with_marks(normalized, marks)
     clean = {}
     get = normalized.get
     try:
@@ -275,3 +266,41 @@ def validate_record(normalized: dict) -> tuple[dict | None, dict | None]:
         return QUOTE_SCHEMA.load(normalized), None   # only reached if the two disagree: trust the schema
     except ValidationError as err:
         return None, err.messages
+
+
+def _validate_with_marks(normalized: dict, marks: dict) -> tuple[dict | None, dict | None]:
+    """The schema's rules and messages, with each number read under its column's mark."""
+    bound = _bound_rules(tuple(sorted(marks.items())))
+    clean = {}
+    get = normalized.get
+    try:
+        for name, rule, mark in bound:
+            clean[name] = rule(get(name, missing_), mark)
+    except RULE_ERRORS:
+        clean = None
+    if clean is not None:
+        if identified(clean):
+            return clean, None
+        return None, {"symbol": ["a record needs a source id, a symbol or a name"]}
+    errors = {}
+    for name, rule, mark in bound:
+        try:
+            rule(get(name, missing_), mark)
+        except RULE_ERRORS as exc:
+            errors[name] = [str(exc)]
+    return None, errors
+
+
+@lru_cache(maxsize=256)
+def _bound_rules(marks: tuple) -> tuple:
+    by_field = dict(marks)
+    return tuple((name, rule, by_field.get(name, MACHINE)) for name, rule in _FIELD_RULES)
+
+
+def ambiguous_fields(errors: dict) -> list[str]:
+    """The fields of a rejection whose number was ambiguous."""
+    return sorted(name for name, messages in errors.items()
+                  if isinstance(messages, list) and any(str(m).startswith("ambiguous number") for m in messages))
+
+
+__all__ = ["AmbiguousNumber", "parse_decimal", "validate_record", "ambiguous_fields", "NUMBER_FIELDS"]

@@ -82,6 +82,8 @@ class Source(ABC):
     endpoint: str | None = None         # API sources: the endpoint read; its rows are dataset "<name>:<endpoint>"
     cursor_persists: bool = False       # False: a finished run's cursor is dropped and the next run starts
     #                                     over (API snapshots); True: it is handed to the next run (files)
+    number_format: str | None = "."     # decimal mark of its numbers ("." for JSON); None: decided per
+    #                                     column from each batch's evidence (files written by people)
 
     def __init__(self, settings, throttle: Throttle | None = None,
                  on_http_status: Callable[[int], None] | None = None, **options):
@@ -97,6 +99,10 @@ class Source(ABC):
     @abstractmethod
     def normalize(self, record: dict) -> dict:
         """Map one raw record onto CANONICAL_FIELDS (a field mapping, no validation)."""
+
+    def column_of(self, record: dict, field: str) -> str:
+        """The name the source gives the canonical `field` (for rejection reasons)."""
+        return field
 
 
 def content_hash(data: bytes) -> str:

@@ -20,7 +20,7 @@ from typing import Iterator
 
 from .base import CANONICAL_FIELDS, Batch, PermanentSourceError, Source
 from .csv_formats import (HASH_BLOCK, HEADER_SEARCH_LINES, RAW_CHARS, FileFormat, LineFeed, decode_line, describe,
-                          identity, max_cells, read_header)
+                          identity, max_cells, no_coin_reason, read_header)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class CsvSource(Source):
     name = "csv"
     rate_limited = False
     cursor_persists = True          # the per-file cursor outlives a completed run: unchanged files are skipped
+    number_format = None            # each column's decimal mark is decided from the file's own evidence
 
     # -- files ------------------------------------------------------------------------------------
 
@@ -109,10 +110,17 @@ class CsvSource(Source):
             if header is None:
                 yield from self._unreadable(rel, fh, feed, size, state)
                 return
+            fmt = describe(header.columns, rel)
+            refusal = no_coin_reason(rel, fmt)
+            if refusal and self.options.get("files") is not None:
+                raise PermanentSourceError(refusal)      # asked for this file: the run fails with one error
+            if refusal:
+                log.warning("csv file refused", extra={"source": self.name, "file": rel, "error": refusal})
+                yield from self._unreadable(rel, fh, feed, size, state, refusal)
+                return
             first_line = feed.line_no
             feed.skip_to(header.end)
-            yield from self._records(rel, describe(header.columns, rel), header.delimiter, feed,
-                                     start, first_line, rows, size, state)
+            yield from self._records(rel, fmt, header.delimiter, feed, start, first_line, rows, size, state)
 
     def _resume_point(self, fh, size: int, entry: dict | None):
         """(start offset, line number there, rows so far, hash of the bytes before it); start None: skip."""
@@ -178,14 +186,16 @@ class CsvSource(Source):
         rows += len(records)
         yield self._batch(rel, feed, start, first_line, records, invalid, rows, size, state, last=True)
 
-    def _unreadable(self, rel, fh, feed: LineFeed, size, state):
-        """No header found: one quarantined entry for the file, read (hashed) to the end so it is not retried."""
+    def _unreadable(self, rel, fh, feed: LineFeed, size, state, reason: str | None = None):
+        """No header found (or no coin named): one quarantined entry for the file, read (hashed) to the end
+        so it is not retried."""
         start, first_line = feed.pos, feed.line_no
         fh.seek(0)
         first = fh.readline(RAW_CHARS * 4)
         fh.seek(start)
-        reason = f"no header row naming a date or price column in the first {HEADER_SEARCH_LINES} lines"
-        if first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        if reason is None:
+            reason = f"no header row naming a date or price column in the first {HEADER_SEARCH_LINES} lines"
+        if reason.startswith("no header") and first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
             reason = "UTF-16 encoded file: save it as UTF-8"
         invalid = [({"_line": 1, "raw": decode_line(first)[0].replace("\x00", "")[:RAW_CHARS]}, reason)] if size else []
         while block := fh.read(HASH_BLOCK):
@@ -216,10 +226,13 @@ class CsvSource(Source):
         """(relative path, path) of every file this source would read."""
         return self._files(self._root())
 
-    def header_end(self, path: Path) -> int | None:
+    def header_end(self, path: Path, rel: str = "") -> int | None:
+        """Where the data of a file starts; None if it has no header or names no coin (read sequentially)."""
         with open(path, "rb") as fh:
             header = read_header(fh)
-        return header.end if header else None
+        if header is None or no_coin_reason(rel or path.name, describe(header.columns, rel or path.name)):
+            return None
+        return header.end
 
     def _with_files(self, rels):
         saved = self.options.get("files")
@@ -262,6 +275,10 @@ class CsvSource(Source):
             out[field] = record.get(column)
         out.update(identity(record, fmt))
         return out
+
+    def column_of(self, record: dict, field: str) -> str:
+        columns = tuple(k for k in record if not k.startswith("_"))
+        return describe(columns, record.get("_file") or "").fields.get(field, field)
 
 
 def _valid_entries(files) -> dict:

@@ -176,6 +176,15 @@ def describe(columns: tuple[str, ...], path: str) -> FileFormat:
     return FileFormat(columns=columns, fields=fields, file_symbol=symbol, file_name=hints["name"], quote=quote)
 
 
+def no_coin_reason(rel: str, fmt: FileFormat) -> str | None:
+    """Why a file cannot be loaded at all when it names no coin anywhere (no id, symbol or name column and
+    nothing in its file name); None when it does."""
+    if fmt.file_symbol or fmt.file_name or any(f in fmt.fields for f in ("external_id", "symbol", "name")):
+        return None
+    return (f"{rel}: the file names no coin: no symbol, name or id column (columns: {', '.join(fmt.columns)}) "
+            f"and no coin in the file name; add a Symbol or Name column or name the file like bitcoin_price.csv")
+
+
 def identity(record: dict, fmt: FileFormat) -> dict:
     """external_id, symbol, name, slug_hint of one record."""
     def cell(field):
