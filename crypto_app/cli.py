@@ -104,13 +104,13 @@ def _run_inline(source: str, options: dict, unit: str, total: int | None = None,
         holder = step.summary.get("running_run_id")
         raise click.ClickException(takeover.busy_message(source, lock_state(redis_client(settings.redis_url), source),
                                                          holder))
+    if step.status == "failed":
+        raise click.ClickException(f"run {run_id} failed: {step.error}")   # one line, the root cause
     conn = psycopg2.connect(settings.libpq_url, connect_timeout=10)
     try:
         _print_summary(conn, run_id)
     finally:
         conn.close()
-    if step.status == "failed":
-        raise click.ClickException(f"run {run_id} failed: {step.error}")   # one line, the root cause
 
 
 def _print_summary(conn, run_id: str) -> None:
