@@ -1,16 +1,17 @@
 """GET /api/v1/sources: freshness against the schedule, newest run and error, rate-limit waits and 429s."""
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import api_data as d
 
 
 def test_each_enabled_source_says_how_fresh_it_is_and_what_went_wrong_last(client, db_conn):
-    ok = d.run(db_conn, "coingecko", loaded=5, created_at=d.NOW - timedelta(minutes=3),
+    now = datetime.now(timezone.utc)   # not api_data.NOW: that is the suite's import time, minutes old by now
+    ok = d.run(db_conn, "coingecko", loaded=5, created_at=now - timedelta(minutes=3),
                stats={"rate_limit_waits": 2, "rate_limit_wait_seconds": 4.5, "http_status": {"200": 3, "429": 2}})
     failed = d.run(db_conn, "coingecko", "failed", error="gave up after 6 transient failures: ConnectionError",
-                   created_at=d.NOW - timedelta(minutes=1), stats={"http_status": {"429": 1}})
-    d.run(db_conn, "coingecko", created_at=d.NOW - timedelta(days=2), stats={"rate_limit_waits": 9})  # outside 24h
-    d.run(db_conn, "csv", created_at=d.NOW - timedelta(hours=5), duration=2.0)
+                   created_at=now - timedelta(minutes=1), stats={"http_status": {"429": 1}})
+    d.run(db_conn, "coingecko", created_at=now - timedelta(days=2), stats={"rate_limit_waits": 9})  # outside 24h
+    d.run(db_conn, "csv", created_at=now - timedelta(hours=5), duration=2.0)
 
     response = client.get("/api/v1/sources")
     assert response.status_code == 200

@@ -78,7 +78,7 @@ def test_asset_page_draws_prices_per_source_consensus_and_candles(page):
     page.open("/assets/bitcoin").refreshed()
     assert page.text("#asset-name") == "Bitcoin"
     quotes = page.js("return [...document.querySelectorAll('#quotes-table tbody tr')].map(r => r.cells[0].textContent);")
-    assert quotes == ["coinpaprika", "csv"]
+    assert quotes == ["coinpaprika:tickers", "csv:bitcoin_history.csv", "csv:sample_markets.csv"]   # a row per dataset
     cards = page.text("#consensus-cards")
     assert "consensus (median)" in cards and "spread" in cards
     assert page.wait(CHART_DRAWN, "price-chart", message="the price chart to draw")

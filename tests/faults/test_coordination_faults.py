@@ -170,7 +170,9 @@ def test_a_segment_whose_worker_keeps_dying_is_given_up_and_its_deliveries_are_c
         last = (runs(db_conn) or [row])[0]["pages"]
     run = wait_for(finished(db_conn), timeout=90, message=f"the run to end: {w.log_tail()}")[0]
     assert run["status"] == "failed" and "deliveries in a row died mid-segment" in run["error"], run
-    assert kills <= 4                                  # two segments, two deaths each at most
+    # two segments, two deaths each at most, plus at most one death of the coordinating delivery (a second
+    # one would fail the run "mid-run", not "mid-segment"): a kill can land before the segments are queued
+    assert kills <= 5
     assert run["deliveries"] >= kills + 1, run         # the coordinator's and every segment delivery
     report("kills before the run was given up", kills)
 

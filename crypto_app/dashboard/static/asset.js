@@ -36,7 +36,7 @@
   let candleChart = null;                 // created when its section first shows: a hidden box has no size
 
   function keyOf(row) {
-    return row.dataset ? `${row.source}: ${row.dataset}` : row.source;
+    return row.dataset || row.source;   // a dataset name starts with its source ("csv:prices.csv")
   }
 
   function color(key) {

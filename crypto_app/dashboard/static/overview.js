@@ -75,7 +75,7 @@
     const rows = quotes.map((q) => el("tr", {},
       el("td", {}, link(`/assets/${enc(q.slug)}`, q.name)),
       el("td", {}, q.symbol),
-      el("td", {}, q.dataset ? `${q.source}: ${q.dataset}` : q.source),
+      el("td", {}, q.dataset || q.source),
       el("td", {class: "num", title: q.price_usd}, money(q.price_usd)),
       el("td", {class: `num ${q.change_24h_pct == null ? "" : Number(q.change_24h_pct) < 0 ? "bad-text" : "ok-text"}`},
         pct(q.change_24h_pct)),
