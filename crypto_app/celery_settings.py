@@ -7,6 +7,7 @@ from .config import PROJECT_ROOT, Settings
 INGEST_TASK = "tasks.ingest_source"
 REAP_TASK = "tasks.reap_stale_runs"
 SEGMENT_TASK = "tasks.ingest_csv_segment"
+BACKFILL_TASK = "tasks.backfill_window"
 RESULT_EXPIRES_SECONDS = 24 * 3600
 
 

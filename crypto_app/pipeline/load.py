@@ -124,6 +124,8 @@ class LoadBatch:
     checkpoint_patch: tuple[list[str], dict] | None = None   # (json path, value) set inside the cursor
     run_counters: dict = field(default_factory=dict)   # fetched/loaded/rejected/pages increments
     run_stats: dict | None = None                       # replaces etl_runs.stats
+    in_transaction: object = None        # callable(cursor, BatchResult) run before the commit (a backfill
+    #                                      window marks itself done with its rows: pipeline/backfill_window.py)
 
 
 def _copy_text(value) -> str:
@@ -166,6 +168,8 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
                 path, value = batch.checkpoint_patch
                 cur.execute("UPDATE checkpoints SET cursor = jsonb_set(cursor, %s::text[], %s::jsonb, true), "
                             "updated_at = now() WHERE source = %s", (path, Json(value), batch.source))
+            if batch.in_transaction is not None:
+                batch.in_transaction(cur, result)
             c = batch.run_counters
             cur.execute("UPDATE etl_runs SET fetched = fetched + %s, loaded = loaded + %s, rejected = rejected + %s, "
                         "pages = pages + %s, heartbeat_at = now(), checkpoint_after = COALESCE(%s, checkpoint_after), "
