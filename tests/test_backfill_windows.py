@@ -133,3 +133,30 @@ def test_overlapping_backfill_is_refused_naming_the_running_one(known, db_conn):
     with pytest.raises(PlanError, match="unknown assets: nope"):
         plan_backfill(conn, known, {"assets": ["nope"], "since": _day(2)})
     conn.close()
+
+
+def test_coverage_reports_the_gaps_and_a_gaps_of_backfill_fills_exactly_those(known, db_conn, fake_upstream, client):
+    fake_upstream.history_quirks = {"gap"}
+    conn = psycopg2.connect(known.libpq_url)
+    since, until = _day(120), _day(0)
+    plan = start_backfill(conn, known, {"assets": ["coin-2"], "sources": ["coingecko"], "since": since},
+                          send=lambda _id: None)
+    _run_all(db_conn, known, plan.id)
+    url = (f"/api/v1/assets/coin-2/coverage?dataset=coingecko:market_chart&interval=1d"
+           f"&since={since.date().isoformat()}&until={until.date().isoformat()}")
+    cover = client.get(url).get_json()
+    holes = [d for d in range(1, 121) if _day(d).timetuple().tm_yday % 50 == 7]
+    assert cover["expected"] == 120 and cover["missing"] == len(holes) > 0
+    assert sorted(g["first"] for g in cover["gaps"]) == sorted(_day(d).isoformat() for d in holes)
+    assert all(g["buckets"] == 1 for g in cover["gaps"])
+    fake_upstream.history_quirks = set()
+    fake_upstream.clear_requests()
+    fill = start_backfill(conn, known, {"gaps_of": {"asset": "coin-2", "source": "coingecko", "since": since,
+                                                    "until": until}}, send=lambda _id: None)
+    assert len(fill.windows) == len(holes)
+    _run_all(db_conn, known, fill.id)
+    got = summary(conn, known, fill.id)
+    assert got["status"] == "succeeded" and got["requests"] == len(holes)
+    after = client.get(url).get_json()
+    assert after["missing"] == 0 and after["gaps"] == [] and after["covered"][0]["buckets"] == 120
+    conn.close()

@@ -39,6 +39,14 @@ class Moment(fields.String):
         return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+class GapsOfSchema(ma.Schema):
+    asset = fields.String(required=True, metadata={"description": "Asset slug or source id"})
+    source = fields.String(required=True, validate=validate.OneOf(list(HISTORY)),
+                           metadata={"description": "Fills the gaps of its history dataset (<source>:<endpoint>)"})
+    since = Moment(required=True)
+    until = Moment(metadata={"description": "End, exclusive (default and cap: the start of the current bucket)"})
+
+
 class BackfillRequestSchema(ma.Schema):
     assets = fields.List(fields.String(validate=validate.Length(min=1, max=200)),
                          validate=validate.Length(min=1, max=1000),
@@ -47,16 +55,20 @@ class BackfillRequestSchema(ma.Schema):
                          metadata={"description": "Instead of `assets`: the N best ranked assets"})
     sources = fields.List(fields.String(validate=validate.OneOf(list(HISTORY))), validate=validate.Length(min=1),
                           metadata={"description": "History sources (default: all)", "example": list(HISTORY)})
-    since = Moment(required=True, metadata={"description": "First bucket (floored to the interval)",
-                                             "example": "2025-01-01"})
+    gaps_of = fields.Nested(GapsOfSchema, metadata={
+        "description": "Instead of assets/top: fill exactly the gaps GET /api/v1/assets/{id}/coverage reports"})
+    since = Moment(metadata={"description": "First bucket (floored to the interval); required with assets/top",
+                             "example": "2025-01-01"})
     until = Moment(metadata={"description": "End, exclusive (default and cap: the start of the current bucket)"})
     interval = fields.String(load_default="1d", validate=validate.OneOf(list(INTERVALS)),
                              metadata={"enum": list(INTERVALS)})
 
     @validates_schema
     def _one_selection(self, data, **kwargs):
-        if bool(data.get("assets")) == bool(data.get("top")):
-            raise ma.ValidationError("give either `assets` or `top`", "assets")
+        if sum(1 for key in ("assets", "top", "gaps_of") if data.get(key)) != 1:
+            raise ma.ValidationError("give exactly one of `assets`, `top` or `gaps_of`", "assets")
+        if not data.get("gaps_of") and not data.get("since"):
+            raise ma.ValidationError("`since` is required with `assets` or `top`", "since")
 
 
 class WindowCountsSchema(ma.Schema):

@@ -94,6 +94,9 @@ def plan_backfill(conn, settings, request: dict, now: datetime | None = None) ->
     unknown = [s for s in sources if s not in HISTORY]
     if unknown:
         raise PlanError(f"no history endpoint for {unknown}; sources with one: {', '.join(HISTORY)}")
+    gaps_of = request.get("gaps_of")
+    if gaps_of:
+        return _plan_gaps(conn, settings, request, gaps_of, step, now)
     since = floor_to(_utc(request["since"]), step)
     until = floor_to(min(_utc(request.get("until") or now), now), step)
     if since >= until:
@@ -105,6 +108,31 @@ def plan_backfill(conn, settings, request: dict, now: datetime | None = None) ->
         plan.windows.extend(_windows(settings, source, asset_id, asset, external_id, since, until, step, now))
     if not plan.windows:
         raise PlanError("nothing to fill: no asset has an id on the requested sources")
+    return plan
+
+
+def _plan_gaps(conn, settings, request: dict, gaps_of: dict, step: timedelta, now: datetime) -> Plan:
+    """Windows over exactly the gaps of one asset's dataset `<source>:<endpoint>` in [since, until)."""
+    from .coverage import coverage
+
+    source = gaps_of["source"]
+    if source not in HISTORY:
+        raise PlanError(f"no history endpoint for {source!r}; sources with one: {', '.join(HISTORY)}")
+    since = floor_to(_utc(gaps_of["since"]), step)
+    until = floor_to(min(_utc(gaps_of.get("until") or now), now), step)
+    if since >= until:
+        raise PlanError("nothing to fill: since is not before until (only closed buckets are backfilled)")
+    plan = Plan(str(uuid.uuid4()), request.get("interval") or "1d", since, until, [source],
+                request=_jsonable({**request, "gaps_of": _jsonable(gaps_of)}))
+    pairs = _pairs(conn, {"assets": [gaps_of["asset"]]}, [source], plan)
+    asset_id, asset, _, external_id = pairs[0]
+    found = coverage(conn, asset_id, step, since, until, dataset=f"{source}:{ENDPOINTS[source]}")
+    for gap in found["gaps"]:
+        plan.windows.extend(_windows(settings, source, asset_id, asset, external_id, gap["first"],
+                                     gap["last"] + step, step, now))
+    if not plan.windows:
+        raise PlanError(f"nothing to fill: {asset} has no gaps in {source}:{ENDPOINTS[source]} between "
+                        f"{since.isoformat()} and {until.isoformat()}")
     return plan
 
 
