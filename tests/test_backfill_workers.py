@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from datetime import datetime, timedelta, timezone
 
 from conftest import wait_for
@@ -72,7 +71,10 @@ def test_backfill_of_both_sources_survives_a_sigkill_and_a_second_one_writes_not
                                  "GROUP BY 1 ORDER BY 1")
     assert per_dataset == [("coingecko:market_chart", 6 * 364, 6), ("coinpaprika:historical", 6 * 364, 6)]
     for prefix in ("/api/v3/coins/", "/v1/tickers/"):
-        assert _rate_held(fake_upstream.requests_to(prefix), RATE), prefix
+        sent = fake_upstream.requests_to(prefix)
+        assert _rate_held(sent, RATE), prefix
+        span = max(r[0] for r in sent) - min(r[0] for r in sent)
+        print(f"{prefix}: {len(sent)} requests in {span:.1f}s = {(len(sent) - 1) / span * 60:.1f}/min (limit {RATE})")
     # coverage: no gaps on the daily grid
     cover = client.get(f"/api/v1/assets/coin-3/coverage?dataset=coinpaprika:historical&interval=1d"
                        f"&since={_day(364)}&until={_day(0)}").get_json()
@@ -89,7 +91,7 @@ def test_backfill_of_both_sources_survives_a_sigkill_and_a_second_one_writes_not
 
 
 def test_cancel_leaves_unstarted_windows_cancelled_and_workers_skip_them(client, test_env, worker, fake_upstream,
-                                                                         db_conn):
+                                                                         db_conn, redis):
     _known(test_env, fake_upstream, 3)
     created = client.post("/api/v1/backfills", json={"assets": ["coin-1", "coin-2", "coin-3"], "since": _day(20)},
                           headers=AUTH)
@@ -98,7 +100,9 @@ def test_cancel_leaves_unstarted_windows_cancelled_and_workers_skip_them(client,
     cancelled = client.delete(created.headers["Location"], headers=AUTH).get_json()
     assert cancelled["status"] == "cancelled" and cancelled["windows"]["cancelled"] == 6
     worker(concurrency=1, env=fake_upstream.env())
-    time.sleep(2)          # the queued tasks are consumed and find their windows cancelled
+    # the queued tasks are consumed (their results recorded) and find their windows cancelled
+    wait_for(lambda: len(redis.keys("celery-task-meta-backfill-window-*")) == 6, timeout=60,
+             message="the six window tasks to be consumed")
     assert fake_upstream.requests_to("/api/v3/coins/") == [] and fake_upstream.requests_to("/v1/tickers/") == []
     assert client.get(created.headers["Location"]).get_json()["windows"]["cancelled"] == 6
 
