@@ -13,7 +13,8 @@ Rules:
   backfilled. `since` is floored to the interval's grid.
 - Windows: CoinGecko 365 days (daily) or 90 days (hourly), CoinPaprika 365 days / 5000 points; a window
   never straddles the plan's reach: windows before it (CoinGecko public/demo: the past 365 days) are
-  `unavailable` at once, with the reason, and cost no request.
+  `unavailable` at once, with the reason, and cost no request; CoinPaprika's free plan (no key: daily for
+  the last year, hourly for the last day) splits windows the same way, but asks (its 402 is the reason).
 """
 from __future__ import annotations
 
@@ -176,15 +177,19 @@ def _pairs(conn, request: dict, sources: list[str], plan: Plan) -> list[tuple]:
 
 def _windows(settings, source, asset_id, asset, external_id, since, until, step, now) -> list[Window]:
     size = max(step, floor_to_step(WINDOW_SIZES[source](_interval_name(step)), step))
-    reach = None
+    reach = split = None
     if source == "coingecko":
         start = coingecko_history.reach_start(settings.coingecko_api_plan, now)
-        reach = ceil_to(start + timedelta(minutes=10), step) if start is not None else None
+        reach = split = ceil_to(start + timedelta(minutes=10), step) if start is not None else None
+    elif source == "coinpaprika" and not settings.coinpaprika_api_key:
+        # the free plan: daily data for the last year, hourly for the last day. Older windows are still
+        # asked (CoinPaprika's 402 gives the reason), but never together with servable days.
+        split = ceil_to(now - coinpaprika_history.FREE_REACH[_interval_name(step)] + timedelta(minutes=10), step)
     out, cursor = [], since
     while cursor < until:
         end = min(cursor + size, until)
-        if reach is not None and cursor < reach < end:
-            end = reach                          # never straddle the plan's reach
+        if split is not None and cursor < split < end:
+            end = split                          # never straddle the plan's reach
         window = Window(source, asset_id, asset, external_id, cursor, end)
         if reach is not None and end <= reach:
             window.status = "unavailable"
