@@ -30,7 +30,7 @@ from .sources.history import INTERVALS
 @click.option("--since", required=True, type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
               help="First bucket (UTC).")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-              help="End, exclusive (default: the start of the current bucket).")
+              help="End, exclusive (default: just after the newest final point).")
 @click.option("--interval", type=click.Choice(list(INTERVALS)), default="1d", show_default=True)
 @click.option("--source", "sources", multiple=True, type=click.Choice(list(HISTORY)),
               help="History source (repeatable; default: all).")

@@ -129,6 +129,7 @@ class Settings:
     retry_backoff_max_seconds: int
     max_request_bytes: int
     sources: dict = field(default_factory=dict)
+    keep_current_seconds: int = 3600     # history sources' keep-current backfill (0: off)
 
     @property
     def libpq_url(self) -> str | None:
@@ -212,4 +213,5 @@ def load_settings(env: dict | None = None) -> Settings:
         retry_backoff_max_seconds=_int(env, "RETRY_BACKOFF_MAX_SECONDS", 60, 1, 3600),
         max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 64 * 1024, 1024),
         sources=sources,
+        keep_current_seconds=_int(env, "HISTORY_KEEP_CURRENT_SECONDS", 3600, 0),
     )

@@ -60,8 +60,9 @@ def test_a_daily_backfill_of_both_sources_stores_each_day_once(known, db_conn, f
     rows = table(db_conn, "SELECT d.name, count(*), min(q.observed_at), max(q.observed_at) FROM quotes q "
                           "JOIN datasets d ON d.id = q.dataset_id WHERE d.name LIKE '%%:market_chart' "
                           "OR d.name LIKE '%%:historical' GROUP BY 1 ORDER BY 1")
-    assert rows == [("coingecko:market_chart", 60, _day(30), _day(1)),
-                    ("coinpaprika:historical", 60, _day(30), _day(1))]
+    # up to today 00:00: the newest point whose finality (10 min) has passed
+    assert rows == [("coingecko:market_chart", 62, _day(30), _day(0)),
+                    ("coinpaprika:historical", 62, _day(30), _day(0))]
     gecko = fake_upstream.requests_to("/api/v3/coins/coin-1/market_chart/range")[0][2]
     assert int(gecko["to"]) - int(gecko["from"]) > 90 * 86400     # a daily answer needs a span > 90 days
     paprika = fake_upstream.requests_to("/v1/tickers/c2-coin-2/historical")[0][2]
@@ -70,8 +71,8 @@ def test_a_daily_backfill_of_both_sources_stores_each_day_once(known, db_conn, f
     before = table(db_conn, "SELECT asset_id, dataset_id, observed_at, price_usd, run_id FROM quotes ORDER BY 1, 2, 3")
     again = start_backfill(conn, known, {"assets": ["coin-1", "c2-coin-2"], "since": _day(30)}, send=lambda _id: None)
     _run_all(db_conn, known, again.id)
-    assert summary(conn, known, again.id)["rows"] == {"fetched": 120, "inserted": 0, "updated": 0,
-                                                      "unchanged": 120, "rejected": 0}
+    assert summary(conn, known, again.id)["rows"] == {"fetched": 124, "inserted": 0, "updated": 0,
+                                                      "unchanged": 124, "rejected": 0}
     assert table(db_conn, "SELECT asset_id, dataset_id, observed_at, price_usd, run_id FROM quotes "
                           "ORDER BY 1, 2, 3") == before
     conn.close()
@@ -83,12 +84,12 @@ def test_quirky_answers_give_the_right_rows_once(known, db_conn, fake_upstream):
     plan = start_backfill(conn, known, {"assets": ["coin-3"], "since": _day(200)}, send=lambda _id: None)
     _run_all(db_conn, known, plan.id)
     got = summary(conn, known, plan.id)
-    missing = sum(1 for d in range(1, 201) if _day(d).timetuple().tm_yday % 50 == 7)
+    missing = sum(1 for d in range(0, 201) if _day(d).timetuple().tm_yday % 50 == 7)
     # CoinPaprika's first point has a null price: rejected with its reason; CoinGecko's null cap: stored unknown
     assert got["rows"]["rejected"] == 1 and got["status"] == "succeeded"
     counts = dict(table(db_conn, "SELECT q.source, count(DISTINCT observed_at) FROM quotes q JOIN datasets d "
                                  "ON d.id = q.dataset_id WHERE d.endpoint IN ('market_chart', 'historical') GROUP BY 1"))
-    assert counts == {"coingecko": 200 - missing, "coinpaprika": 200 - missing - 1}
+    assert counts == {"coingecko": 201 - missing, "coinpaprika": 201 - missing - 1}
     reason = table(db_conn, "SELECT reason FROM rejected_records")[0][0]
     assert "price_usd" in reason
     assert table(db_conn, "SELECT count(*) FROM quotes WHERE market_cap_usd IS NULL")[0][0] == 1
@@ -159,4 +160,23 @@ def test_coverage_reports_the_gaps_and_a_gaps_of_backfill_fills_exactly_those(kn
     assert got["status"] == "succeeded" and got["requests"] == len(holes)
     after = client.get(url).get_json()
     assert after["missing"] == 0 and after["gaps"] == [] and after["covered"][0]["buckets"] == 120
+    conn.close()
+
+
+def test_keep_current_fetches_each_final_day_once(known, db_conn, fake_upstream):
+    from crypto_app.pipeline.keep_current import keep_current
+
+    conn = psycopg2.connect(known.libpq_url)
+    plan = start_backfill(conn, known, {"assets": ["coin-1", "coin-2"], "since": _day(20), "until": _day(5)},
+                          send=lambda _id: None)
+    _run_all(db_conn, known, plan.id)
+    fake_upstream.clear_requests()
+    started = keep_current(conn, known, "coinpaprika", send=lambda _id: None)
+    assert len(started) == 1                      # both assets stand at the same day: one backfill
+    _run_all(db_conn, known, started[0])
+    got = summary(conn, known, started[0])
+    assert got["status"] == "succeeded" and got["rows"]["inserted"] == 2 * 6 and got["rows"]["unchanged"] == 0
+    assert table(db_conn, "SELECT trigger, since FROM backfills WHERE id = %s", (started[0],)) == [("schedule", _day(5))]
+    assert keep_current(conn, known, "coinpaprika", send=lambda _id: None) == []     # current: nothing asked
+    assert len(fake_upstream.requests_to("/v1/tickers/")) == 2
     conn.close()

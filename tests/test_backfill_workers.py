@@ -65,11 +65,11 @@ def test_backfill_of_both_sources_survives_a_sigkill_and_a_second_one_writes_not
     done = wait_for(_finished(client, location), timeout=150, message=f"the backfill to finish: {w.log_tail()}")
     assert done["status"] == "succeeded", done
     assert done["windows"]["done"] == 12 and done["errors"] == []
-    assert done["rows"]["inserted"] == 12 * 364 and done["rows"]["rejected"] == 0
+    assert done["rows"]["inserted"] == 12 * 365 and done["rows"]["rejected"] == 0   # 364 days ago .. today 00:00
     per_dataset = table(db_conn, "SELECT d.name, count(*), count(DISTINCT q.asset_id) FROM quotes q JOIN datasets d "
                                  "ON d.id = q.dataset_id WHERE d.endpoint IN ('market_chart', 'historical') "
                                  "GROUP BY 1 ORDER BY 1")
-    assert per_dataset == [("coingecko:market_chart", 6 * 364, 6), ("coinpaprika:historical", 6 * 364, 6)]
+    assert per_dataset == [("coingecko:market_chart", 6 * 365, 6), ("coinpaprika:historical", 6 * 365, 6)]
     for prefix in ("/api/v3/coins/", "/v1/tickers/"):
         sent = fake_upstream.requests_to(prefix)
         assert _rate_held(sent, RATE), prefix
@@ -85,7 +85,7 @@ def test_backfill_of_both_sources_survives_a_sigkill_and_a_second_one_writes_not
     assert again.status_code == 202
     second = wait_for(_finished(client, again.headers["Location"]), timeout=150, message="the second backfill")
     assert second["status"] == "succeeded"
-    assert second["rows"] == {"fetched": 12 * 364, "inserted": 0, "updated": 0, "unchanged": 12 * 364, "rejected": 0}
+    assert second["rows"] == {"fetched": 12 * 365, "inserted": 0, "updated": 0, "unchanged": 12 * 365, "rejected": 0}
     assert table(db_conn, "SELECT asset_id, dataset_id, observed_at, price_usd, run_id FROM quotes "
                           "ORDER BY 1, 2, 3") == before
 

@@ -28,5 +28,5 @@ def test_dry_run_then_inline_backfill(test_env, db_conn, fake_upstream):
     assert fake_upstream.requests == [] and table(db_conn, "SELECT count(*) FROM backfills") == [(0,)]
     done = runner.invoke(args=["etl", "backfill", "coin-1", "coin-2", "--since", _day(40), "--inline"])
     assert done.exit_code == 0, done.output
-    assert "succeeded - windows 4 done, 0 failed, 0 unavailable, 0 cancelled; rows 160 inserted" in done.output
+    assert "succeeded - windows 4 done, 0 failed, 0 unavailable, 0 cancelled; rows 164 inserted" in done.output
     assert table(db_conn, "SELECT trigger, status FROM backfills") == [("cli", "succeeded")]

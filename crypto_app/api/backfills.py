@@ -44,7 +44,7 @@ class GapsOfSchema(ma.Schema):
     source = fields.String(required=True, validate=validate.OneOf(list(HISTORY)),
                            metadata={"description": "Fills the gaps of its history dataset (<source>:<endpoint>)"})
     since = Moment(required=True)
-    until = Moment(metadata={"description": "End, exclusive (default and cap: the start of the current bucket)"})
+    until = Moment(metadata={"description": "End, exclusive (default and cap: just after the newest final point)"})
 
 
 class BackfillRequestSchema(ma.Schema):
@@ -59,7 +59,7 @@ class BackfillRequestSchema(ma.Schema):
         "description": "Instead of assets/top: fill exactly the gaps GET /api/v1/assets/{id}/coverage reports"})
     since = Moment(metadata={"description": "First bucket (floored to the interval); required with assets/top",
                              "example": "2025-01-01"})
-    until = Moment(metadata={"description": "End, exclusive (default and cap: the start of the current bucket)"})
+    until = Moment(metadata={"description": "End, exclusive (default and cap: just after the newest final point)"})
     interval = fields.String(load_default="1d", validate=validate.OneOf(list(INTERVALS)),
                              metadata={"enum": list(INTERVALS)})
 

@@ -9,8 +9,9 @@ Rules:
   assets of the latest quotes. A pair (asset, source) needs the source's id of the asset, learnt by
   an earlier snapshot of that source: named assets without one are refused (PlanError), `top` skips them
   (listed in `skipped`).
-- `until` defaults to, and is capped at, the start of the current bucket: only closed buckets are
-  backfilled. `since` is floored to the interval's grid.
+- `until` defaults to, and is capped at, just after the newest final grid point (`final_until`: a point
+  at t is final at t + the source's finality delay, CoinGecko 00:10 UTC for the previous day), so every
+  backfilled row is final when stored and a day is fetched once. `since` is floored to the interval's grid.
 - Windows: CoinGecko 365 days (daily) or 90 days (hourly), CoinPaprika 365 days / 5000 points; a window
   never straddles the plan's reach: windows before it (CoinGecko public/demo: the past 365 days) are
   `unavailable` at once, with the reason, and cost no request; CoinPaprika's free plan (no key: daily for
@@ -28,6 +29,7 @@ from ..sources import HISTORY
 from ..sources import coingecko_history, coinpaprika_history
 from ..sources.history import INTERVALS
 
+FINALITY = {"coingecko": coingecko_history.FINALITY_DELAY, "coinpaprika": coinpaprika_history.FINALITY_DELAY}
 WINDOW_SIZES = {"coingecko": coingecko_history.window_size, "coinpaprika": coinpaprika_history.window_size}
 ENDPOINTS = {"coingecko": "market_chart", "coinpaprika": "historical"}
 PLAN_LOCK = "cryptoflow:backfill-plan"
@@ -99,10 +101,10 @@ def plan_backfill(conn, settings, request: dict, now: datetime | None = None) ->
     if gaps_of:
         return _plan_gaps(conn, settings, request, gaps_of, step, now)
     since = floor_to(_utc(request["since"]), step)
-    until = floor_to(min(_utc(request.get("until") or now), now), step)
+    until = final_until(now, step, sources, request.get("until"))
     if since >= until:
         raise PlanError(f"nothing to fill: since {since.isoformat()} is not before until {until.isoformat()} "
-                        "(only closed buckets are backfilled)")
+                        "(only final points are backfilled)")
     plan = Plan(str(uuid.uuid4()), interval, since, until, sources, request=_jsonable(request))
     pairs = _pairs(conn, request, sources, plan)
     for asset_id, asset, source, external_id in pairs:
@@ -110,6 +112,14 @@ def plan_backfill(conn, settings, request: dict, now: datetime | None = None) ->
     if not plan.windows:
         raise PlanError("nothing to fill: no asset has an id on the requested sources")
     return plan
+
+
+def final_until(now: datetime, step: timedelta, sources: list[str], until=None) -> datetime:
+    """The end (exclusive) of what may be backfilled: grid points whose finality has passed (a point at
+    t is final at t + the source's finality delay). So a backfilled row is final when stored, and a
+    day is fetched once. A requested `until` (exclusive) can only bring it earlier."""
+    end = floor_to(now - max(FINALITY[s] for s in sources), step) + step
+    return min(end, ceil_to(_utc(until), step)) if until else end
 
 
 def _plan_gaps(conn, settings, request: dict, gaps_of: dict, step: timedelta, now: datetime) -> Plan:
@@ -120,9 +130,9 @@ def _plan_gaps(conn, settings, request: dict, gaps_of: dict, step: timedelta, no
     if source not in HISTORY:
         raise PlanError(f"no history endpoint for {source!r}; sources with one: {', '.join(HISTORY)}")
     since = floor_to(_utc(gaps_of["since"]), step)
-    until = floor_to(min(_utc(gaps_of.get("until") or now), now), step)
+    until = final_until(now, step, [source], gaps_of.get("until"))
     if since >= until:
-        raise PlanError("nothing to fill: since is not before until (only closed buckets are backfilled)")
+        raise PlanError("nothing to fill: since is not before until (only final points are backfilled)")
     plan = Plan(str(uuid.uuid4()), request.get("interval") or "1d", since, until, [source],
                 request=_jsonable({**request, "gaps_of": _jsonable(gaps_of)}))
     pairs = _pairs(conn, {"assets": [gaps_of["asset"]]}, [source], plan)

@@ -30,6 +30,7 @@ DAILY_MIN_SPAN = timedelta(days=91)      # > 90 days: CoinGecko answers daily po
 HOURLY_MAX_SPAN = timedelta(days=90)
 SERIES = {"prices": "price", "market_caps": "market_cap", "total_volumes": "total_volume"}
 PLAN_REACH_DAYS = {"public": 365, "demo": 365, "pro": None}
+FINALITY_DELAY = timedelta(minutes=10)   # a point is final 10 min after its time (the previous UTC day at 00:10)
 
 FIELD_MAP = {"external_id": "id", "symbol": "symbol", "name": "name", "slug_hint": "id",
              "price_usd": "price", "market_cap_usd": "market_cap", "volume_24h_usd": "total_volume",

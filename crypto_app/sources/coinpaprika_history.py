@@ -22,6 +22,7 @@ from .coinpaprika import slug_hint
 
 PATH = "/tickers/{id}/historical"
 LIMIT = 5000
+FINALITY_DELAY = timedelta(minutes=10)   # assumed like CoinGecko's (tickers refresh every 5 min on the free plan)
 FREE_REACH = {"1d": timedelta(days=365), "1h": timedelta(days=1)}     # the free plan (no key)
 FIELD_MAP = {"external_id": "id", "symbol": "symbol", "name": "name", "price_usd": "price",
              "market_cap_usd": "market_cap", "volume_24h_usd": "volume_24h", "observed_at": "timestamp"}
