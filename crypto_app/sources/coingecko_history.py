@@ -6,7 +6,7 @@ Shape     {"prices": [[unix_ms, v], ...], "market_caps": [...], "total_volumes":
           chosen by the span: <= 1 day 5-minute, <= 90 days hourly, beyond daily at 00:00 UTC. The last
           point of a range reaching today is "now", not a bucket.
 Windows   daily: the request always spans more than 90 days (`from` is moved back, within the plan's reach)
-          so the answer is daily; hourly: at most 90 days. Only points inside [start, end) and on the
+          so the answer is daily; hourly: at most 90 days and more than 1 day (not 5-minute points). Only points inside [start, end) and on the
           interval's grid are kept (the "now" point is not a candle); a point in the raw payload that is
           not kept is not lost: the payload is stored whole.
 Points    the three series are joined by timestamp; points may arrive out of order and with duplicated
@@ -28,6 +28,7 @@ from .http import HttpClient
 PATH = "/coins/{id}/market_chart/range"
 DAILY_MIN_SPAN = timedelta(days=91)      # > 90 days: CoinGecko answers daily points
 HOURLY_MAX_SPAN = timedelta(days=90)
+HOURLY_MIN_SPAN = timedelta(days=1, hours=1)   # > 1 day: hourly, not 5-minute points
 SERIES = {"prices": "price", "market_caps": "market_cap", "total_volumes": "total_volume"}
 PLAN_REACH_DAYS = {"public": 365, "demo": 365, "pro": None}
 FINALITY_DELAY = timedelta(minutes=10)   # a point is final 10 min after its time (the previous UTC day at 00:10)
@@ -66,16 +67,14 @@ class CoinGeckoHistorySource(Source):
         return HttpClient(s.http_timeout_seconds, auth_headers(s.coingecko_api_plan, s.coingecko_api_key),
                           throttle=self.throttle, on_http_status=self.on_http_status, name=self.name)
 
-    def requests_for(self, start: datetime, end: datetime, interval: str) -> int:
-        return 1
-
     def fetch_window(self, external_id: str, start: datetime, end: datetime, interval: str,
                      identity: dict | None = None, now: datetime | None = None) -> Batch:
         start, end, step = utc(start), utc(end), INTERVALS[interval]
         now = now or datetime.now(timezone.utc)
         frm = start
-        if interval == "1d" and end - frm < DAILY_MIN_SPAN:
-            frm = end - DAILY_MIN_SPAN
+        min_span = DAILY_MIN_SPAN if interval == "1d" else HOURLY_MIN_SPAN
+        if end - frm < min_span:        # a shorter span would answer a finer granularity
+            frm = end - min_span
             floor = reach_start(self.settings.coingecko_api_plan, now)
             if floor is not None and frm < floor:
                 frm = max(start, floor + timedelta(minutes=5))
