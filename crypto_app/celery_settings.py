@@ -7,6 +7,8 @@ from .config import PROJECT_ROOT, Settings
 INGEST_TASK = "tasks.ingest_source"
 REAP_TASK = "tasks.reap_stale_runs"
 SEGMENT_TASK = "tasks.ingest_csv_segment"
+BACKFILL_TASK = "tasks.backfill_window"
+KEEP_CURRENT_TASK = "tasks.keep_history_current"
 RESULT_EXPIRES_SECONDS = 24 * 3600
 
 
@@ -68,4 +70,10 @@ def beat_schedule(settings: Settings) -> dict:
         if source.enabled
     }
     schedule["reap-stale-runs"] = {"task": REAP_TASK, "schedule": 60.0}
+    if settings.keep_current_seconds:
+        for name in ("coingecko", "coinpaprika"):     # the sources with a history endpoint
+            if name in settings.sources and settings.sources[name].enabled:
+                schedule[f"keep-current-{name}"] = {"task": KEEP_CURRENT_TASK,
+                                                   "schedule": float(settings.keep_current_seconds),
+                                                   "kwargs": {"source": name}}
     return schedule

@@ -146,3 +146,6 @@ def _follow(run_id: str, timeout: int) -> None:
             return
         time.sleep(1)
     raise click.ClickException(f"run {run_id} still not finished after {timeout}s")
+
+
+from . import cli_backfill  # noqa: E402,F401  (registers `flask etl backfill` in the etl group)

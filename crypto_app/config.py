@@ -202,6 +202,7 @@ class Settings:
     health_cache_seconds: float = 1.0
     sources: dict = field(default_factory=dict)
     plausibility: PlausibilitySettings = field(default_factory=lambda: load_plausibility({}))
+    keep_current_seconds: int = 3600     # history sources' keep-current backfill (0: off)
 
     @property
     def libpq_url(self) -> str | None:
@@ -288,4 +289,5 @@ def load_settings(env: dict | None = None) -> Settings:
         health_cache_seconds=_float(env, "HEALTH_CACHE_SECONDS", 1.0, 0.0, 60.0),
         sources=sources,
         plausibility=load_plausibility(env),
+        keep_current_seconds=_int(env, "HISTORY_KEEP_CURRENT_SECONDS", 3600, 0),
     )

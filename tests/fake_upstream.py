@@ -11,7 +11,8 @@ Use the function-scoped fixture `fake_upstream` (loaded for all tests by `pytest
 
 Routes (like the real APIs): `/api/v3/ping`; `/api/v3/coins/markets` paged by `per_page` (default 100, at
 most 250) and `page` (an empty list past the end; 400 without `vs_currency`); `/v1/tickers` (the whole list);
-`/v1/tickers/{id}` (404 `{"error":"id not found"}`); any `/v1/...` path ending in "/" answers 301 with an
+`/v1/tickers/{id}` (404 `{"error":"id not found"}`); the history endpoints
+`/api/v3/coins/{id}/market_chart/range` and `/v1/tickers/{id}/historical` (see `history_*` below); any `/v1/...` path ending in "/" answers 301 with an
 HTML body, as CoinPaprika does. Anything else is a 404.
 
 The coins are deterministic, real-shaped records built from the templates in tests/fixtures: coin i (1..n)
@@ -89,6 +90,58 @@ def paprika_ticker(i: int) -> dict:
         "market_cap": gecko["market_cap"], "percent_change_24h": gecko["price_change_percentage_24h"],
     })
     return ticker
+
+
+# ---- history ---------------------------------------------------------------------------------------------
+# Real-shaped history answers. Coin i's price at unix second t is 1000/i * (1 + ((t // 3600) % 97) / 1000),
+# market cap 10**12/i times the same factor, volume cap/50. CoinGecko's range: granularity by span (<= 1 day
+# 5-minute, <= 90 days hourly, else daily at 00:00 UTC), plus a last point at "now" (unaligned) when the range
+# reaches it; `from` older than 365 days answers 401 error_code 10012 (public/demo reach). CoinPaprika's
+# historical: `interval` missing (the 5m default) or `start` older than 365 days (1d) / 1 day (1h) answers
+# 402; at most `limit` points. Quirks (FakeUpstream.history_quirks, a set): "out_of_order" (points
+# reversed), "duplicate" (one point sent twice), "null" (the oldest point's market cap null on CoinGecko and
+# its price null on CoinPaprika), "gap" (the day 2024-... whose day of year % 50 == 7 is missing).
+
+HISTORY_REACH = timedelta(days=365)
+GECKO_RANGE_REFUSED = {"status": {"error_code": 10012, "error_message": (
+    "Your request exceeds the allowed time range. Public API users are limited to querying historical data "
+    "within the past 365 days. Upgrade to a paid plan to enjoy full historical data access: "
+    "https://www.coingecko.com/en/api/pricing. ")}}
+
+
+def history_values(i: int, t: int) -> tuple[float, float, float]:
+    factor = 1 + ((t // 3600) % 97) / 1000
+    price = round(1000.0 / i * factor, 8)
+    cap = round(10**12 / i * factor, 2)
+    return price, cap, round(cap / 50, 2)
+
+
+def _grid(start: int, end: int, step: int) -> list[int]:
+    first = -(-start // step) * step
+    return list(range(first, end + 1, step))
+
+
+def _history_points(i: int, times: list[int], quirks: set) -> list[tuple[int, float, float, float]]:
+    if "gap" in quirks:
+        times = [t for t in times if datetime.fromtimestamp(t, timezone.utc).timetuple().tm_yday % 50 != 7]
+    points = [(t, *history_values(i, t)) for t in times]
+    if "duplicate" in quirks and len(points) > 2:
+        points.insert(2, points[1])
+    if "out_of_order" in quirks:
+        points.reverse()
+    return points
+
+
+def _parse_moment(text: str | None) -> int | None:
+    if not text:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp())
 
 
 # ---- canned failures -------------------------------------------------------------------------------------
@@ -172,6 +225,7 @@ class FakeUpstream:
         self._renames: list[tuple[str, str]] = []
         self._empty_pages: set[int] = set()
         self.latency = 0.0               # seconds added to every unscripted response (slow upstream)
+        self.history_quirks: set[str] = set()
         self.set_coins(coins)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
@@ -288,11 +342,73 @@ class FakeUpstream:
             return redirect(path.rstrip("/"))
         if path == "/v1/tickers":
             return json_response(200, self.coinpaprika_tickers())
+        if path.startswith("/api/v3/coins/") and path.endswith("/market_chart/range"):
+            return self._gecko_range(path.split("/")[4], query)
+        if path.startswith("/v1/tickers/") and path.endswith("/historical"):
+            return self._paprika_historical(path.split("/")[3], query)
         if path.startswith("/v1/tickers/"):
             wanted = path.rsplit("/", 1)[1]
             found = [t for t in self.coinpaprika_tickers() if t.get("id") == wanted]
             return json_response(200, found[0]) if found else paprika_error(404, "id not found")
         return paprika_error(404, "Not Found")
+
+    def _coin_index(self, records: list[dict], wanted: str) -> int | None:
+        with self._lock:
+            for index, record in enumerate(records, start=1):
+                if record.get("id") == wanted:
+                    return index
+        return None
+
+    def _gecko_range(self, coin_id: str, query: dict) -> dict:
+        i = self._coin_index(self._gecko, coin_id)
+        if i is None:
+            return paprika_error(404, "coin not found")
+        start, end = _parse_moment(query.get("from")), _parse_moment(query.get("to"))
+        if not query.get("vs_currency") or start is None or end is None:
+            return paprika_error(400, "Missing parameter vs_currency, from or to")
+        now = int(time.time())
+        if start < now - HISTORY_REACH.total_seconds():
+            return json_response(401, GECKO_RANGE_REFUSED)
+        end = min(end, now)
+        span = end - start
+        step = 300 if span <= 86400 else 3600 if span <= 90 * 86400 else 86400
+        times = _grid(start, end, step)
+        if end == now and (not times or times[-1] != now):
+            times.append(now)           # the last point is "now", not a bucket
+        points = _history_points(i, times, self.history_quirks)
+        body = {"prices": [[t * 1000, p] for t, p, _, _ in points],
+                "market_caps": [[t * 1000, c] for t, _, c, _ in points],
+                "total_volumes": [[t * 1000, v] for t, _, _, v in points]}
+        if "null" in self.history_quirks and points:      # the oldest point's market cap
+            oldest = min(range(len(points)), key=lambda k: points[k][0])
+            body["market_caps"][oldest][1] = None
+        return json_response(200, body)
+
+    def _paprika_historical(self, ticker_id: str, query: dict) -> dict:
+        i = self._coin_index(self._paprika, ticker_id)
+        if i is None:
+            return paprika_error(404, "id not found")
+        interval = query.get("interval")
+        start, now = _parse_moment(query.get("start")), int(time.time())
+        end = min(_parse_moment(query.get("end")) or now, now)
+        if start is None:
+            return paprika_error(400, "invalid parameters: start")
+        if interval not in ("1d", "24h", "1h"):
+            return paprika_error(402, f"Getting historical data with interval {interval or '5m'} is not allowed "
+                                      "in this plan")
+        reach = 86400 if interval == "1h" else HISTORY_REACH.total_seconds()
+        if start < now - reach:
+            return paprika_error(402, "Getting historical data before "
+                                      f"{datetime.fromtimestamp(now - reach, timezone.utc):%Y-%m-%d} is not "
+                                      "allowed in this plan")
+        step = 3600 if interval == "1h" else 86400
+        times = _grid(start, end, step)[: max(1, min(_int(query.get("limit"), 1000), 5000))]
+        items = [{"timestamp": datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                  "price": p, "volume_24h": v, "market_cap": round(c)}
+                 for t, p, c, v in _history_points(i, times, self.history_quirks)]
+        if "null" in self.history_quirks and items:       # the oldest point's price
+            min(items, key=lambda item: item["timestamp"])["price"] = None
+        return json_response(200, items)
 
     def _markets(self, query: dict) -> dict:
         if not query.get("vs_currency"):

@@ -2,7 +2,8 @@
 
 
 def register_api(app, api):
-    from . import (assets, auth, compat, context, data, datasets, errors, health, metrics, readcache, runs, sources,
+    from . import (assets, auth, backfills, compat, context, coverage, data, datasets, errors, health, metrics,
+                   readcache, runs, sources,
                    stats)
 
     context.register(app)
@@ -12,7 +13,7 @@ def register_api(app, api):
     metrics.init_http_metrics(app)
     readcache.register(app)  # after the request-id and metrics hooks: cached answers are counted and logged
     api.spec.options["info"] = {"description": API_DESCRIPTION}
-    for module in (data, assets, datasets, stats, runs, sources, health, metrics, compat):
+    for module in (data, assets, coverage, datasets, stats, runs, backfills, sources, health, metrics, compat):
         api.register_blueprint(module.blp)
 
 

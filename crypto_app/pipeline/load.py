@@ -142,6 +142,8 @@ class LoadBatch:
     run_counters: dict = field(default_factory=dict)   # fetched/loaded/rejected/pages increments
     run_stats: dict | None = None                       # replaces etl_runs.stats (but not its "quality")
     quality: dict = field(default_factory=dict)         # added to etl_runs.stats->'quality' (counts by key)
+    in_transaction: object = None        # callable(cursor, BatchResult) run before the commit (a backfill
+    #                                      window marks itself done with its rows: pipeline/backfill_window.py)
 
 
 def _copy_text(value) -> str:
@@ -184,6 +186,8 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
                 path, value = batch.checkpoint_patch
                 cur.execute("UPDATE checkpoints SET cursor = jsonb_set(cursor, %s::text[], %s::jsonb, true), "
                             "updated_at = now() WHERE source = %s", (path, Json(value), batch.source))
+            if batch.in_transaction is not None:
+                batch.in_transaction(cur, result)
             c = batch.run_counters
             cur.execute(_UPDATE_RUN, {
                 "fetched": c.get("fetched", 0), "loaded": c.get("loaded", 0), "rejected": c.get("rejected", 0),

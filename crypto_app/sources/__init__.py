@@ -21,3 +21,18 @@ def source_class(name: str):
 
 def build_source(name: str, settings, **kwargs):
     return source_class(name)(settings, **kwargs)
+
+
+# history endpoints (backfills): source name -> "module:Class" fetching one window of one coin
+HISTORY = {
+    "coingecko": "crypto_app.sources.coingecko_history:CoinGeckoHistorySource",
+    "coinpaprika": "crypto_app.sources.coinpaprika_history:CoinPaprikaHistorySource",
+}
+
+
+def build_history_source(name: str, settings, **kwargs):
+    try:
+        module_name, class_name = HISTORY[name].split(":")
+    except KeyError:
+        raise KeyError(f"no history endpoint for source {name!r}; known: {', '.join(HISTORY)}") from None
+    return getattr(importlib.import_module(module_name), class_name)(settings, **kwargs)
