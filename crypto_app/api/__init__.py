@@ -2,9 +2,10 @@
 
 
 def register_api(app, api):
-    from . import assets, auth, compat, context, data, errors, health, metrics, readcache, runs, stats
+    from . import assets, auth, bodies, compat, context, data, errors, health, metrics, readcache, runs, stats
 
     context.register(app)
+    bodies.register(app)   # after context: the chunked-body bound runs first
     errors.register(app)
     errors.use_error_schema_in_docs(api)
     auth.register_security_scheme(api)
