@@ -8,6 +8,7 @@ from __future__ import annotations
 from celery import Celery, Task, signals
 
 from crypto_app import create_app
+from crypto_app.config import settings_or_exit
 from crypto_app.logs import configure_logging
 
 
@@ -30,7 +31,7 @@ def _setup_logging(**_kwargs):
     configure_logging(flask_app.config["SETTINGS"].log_level, service="celery")
 
 
-flask_app = create_app()
+flask_app = create_app(settings=settings_or_exit())   # a bad setting: one line, exit 2
 celery_app = celery_init_app(flask_app)
 app = celery_app
 
