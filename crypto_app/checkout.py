@@ -174,11 +174,15 @@ class RunOwnership:
     def __init__(self):
         self.handle = None
 
-    def acquire(self, info: dict) -> None:
+    @staticmethod
+    def refuse_if_owned() -> None:
         owner = run_owner()
         if owner is not None:
             raise AlreadyRunning(f"cryptoflow is already running from this checkout ({_describe(owner)}); "
                                  "`make stop` stops it, `make status` shows it")
+
+    def acquire(self, info: dict) -> None:
+        self.refuse_if_owned()
         RUN_LOCK.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(RUN_LOCK, "a")
         try:
@@ -207,6 +211,7 @@ def run_command(command: list[str], name: str, stop_after: bool, own: bool) -> i
     session = Session(name, stop_after)
     try:
         if ownership:
+            ownership.refuse_if_owned()             # first: whatever else is wrong, say that one runs
             settings = load_settings(env)           # a bad setting stops here, before anything starts
             ownership.acquire({"pid": os.getpid(), "port": settings.port, "flower_port": settings.flower_port,
                                "bind_host": settings.bind_host, "since": _now(), "checkout": str(embedded.VAR_DIR.parent)})
