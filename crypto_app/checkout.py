@@ -178,7 +178,7 @@ class RunOwnership:
     def refuse_if_owned() -> None:
         owner = run_owner()
         if owner is not None:
-            raise AlreadyRunning(f"cryptoflow is already running from this checkout ({_describe(owner)}); "
+            raise AlreadyRunning(f"already running from this checkout ({_describe(owner)}); "
                                  "`make stop` stops it, `make status` shows it")
 
     def acquire(self, info: dict) -> None:
@@ -220,7 +220,10 @@ def run_command(command: list[str], name: str, stop_after: bool, own: bool) -> i
         if ownership:
             ownership.update({"group": child.pid})
 
+        stopping = []
+
         def forward(signum, _frame):
+            stopping.append(signum)
             try:
                 os.killpg(child.pid, signum)
             except ProcessLookupError:
@@ -228,7 +231,8 @@ def run_command(command: list[str], name: str, stop_after: bool, own: bool) -> i
 
         signal.signal(signal.SIGINT, forward)
         signal.signal(signal.SIGTERM, forward)
-        return child.wait()
+        code = child.wait()
+        return 0 if stopping else code    # a stop was asked for (Ctrl-C, make stop): ending is success
     finally:
         session.close()
         if ownership:
