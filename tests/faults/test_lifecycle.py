@@ -146,7 +146,7 @@ def test_a_failing_second_make_run_leaves_the_running_system_alone_and_make_stop
 
     status = checkout.run(["make", "--no-print-directory", "status"])
     assert status.returncode == 0, status.stderr
-    assert f"running: pid " in status.stdout and f"127.0.0.1:{checkout.port}" in status.stdout, status.stdout
+    assert "running: pid " in status.stdout and f"127.0.0.1:{checkout.port}" in status.stdout, status.stdout
     assert f"embedded, running (pid {pg_pid})" in status.stdout
     assert f"running on 127.0.0.1:{checkout.redis_port}" in status.stdout and "(make run)" in status.stdout
 
