@@ -157,6 +157,7 @@ def _print_summary(conn, run_id: str, with_error: bool = True) -> None:
         cur.execute("SELECT source, status, fetched, loaded, rejected, pages, duration_seconds, error "
                     "FROM etl_runs WHERE id = %s", (run_id,))
         source, status, fetched, loaded, rejected, pages, duration, error = cur.fetchone()
+    conn.rollback()   # end the read's transaction: the failure path returns without closing `conn`
     rate = f", {fetched / duration:,.0f} records/s" if duration else ""
     click.echo(f"run {run_id} {source}: {status} — fetched {fetched:,}, loaded {loaded:,}, rejected {rejected:,}, "
                f"{pages:,} batches in {duration or 0:.1f}s{rate}")
