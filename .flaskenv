@@ -1,1 +1,1 @@
-FLASK_APP=wsgi:app
+FLASK_APP=crypto_app.cli_app:create_cli_app

@@ -9,6 +9,8 @@ RUN python -m venv /app/.venv \
 
 FROM python:3.11-slim AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH="/app/.venv/bin:$PATH"
+# a container is reached through its published ports: listen on every interface of its network
+ENV BIND_HOST=0.0.0.0
 RUN useradd --create-home --uid 10001 cryptoflow
 WORKDIR /app
 COPY --from=build /app/.venv /app/.venv

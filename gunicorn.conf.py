@@ -1,6 +1,6 @@
 """gunicorn settings for the API: `gunicorn -c gunicorn.conf.py wsgi:app` (what the Procfile runs).
 
-- bind: 0.0.0.0:$PORT (default 8000); workers: $WEB_CONCURRENCY (default 2).
+- bind: $BIND_HOST:$PORT (default 127.0.0.1:8000; docker compose sets BIND_HOST=0.0.0.0 inside its network); workers: $WEB_CONCURRENCY (default 2).
 - logging: JSON lines on stderr (crypto_app/logs.py), gunicorn's own "Booting worker" lines included.
 - gthread workers: the master's heartbeat does not depend on requests, so a legacy `?sync=true`
   trigger may wait (up to 300 s) without the worker being killed for it.
@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crypto_app.config import PROJECT_ROOT, load_settings  # noqa: E402  (fails early, naming a bad setting)
+from crypto_app.config import PROJECT_ROOT, settings_or_exit  # noqa: E402  (a bad setting: one line, exit 2)
 from crypto_app.logs import gunicorn_logconfig  # noqa: E402
 
-_settings = load_settings()
-bind = f"0.0.0.0:{_settings.port}"
+_settings = settings_or_exit()
+bind = f"[{_settings.bind_host}]:{_settings.port}" if ":" in _settings.bind_host else f"{_settings.bind_host}:{_settings.port}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))

@@ -2,8 +2,12 @@
 
     flask etl run SOURCE            run now in this process (shared lock and rate limit still apply)
     flask etl run SOURCE --enqueue  hand it to the workers and follow it until it ends
-    flask etl import PATH           import one CSV file inside CSV_DATA_DIR, with a progress bar
+    flask etl import PATH [--force] import one CSV file inside CSV_DATA_DIR, with a progress bar
     --take-over                     (run, import) take the source from the run holding its lock
+    flask etl status                sources: last success, last run, running run, lock holder (cli_status.py)
+    flask etl runs                  recent runs (cli_status.py)
+
+`flask` finds this checkout's embedded servers by itself (crypto_app.cli_app); errors are one line.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ import click
 import psycopg2
 from flask import current_app
 from flask.cli import AppGroup
-from tqdm import tqdm
+
+from .cli_output import ProgressBar, require_servers
 
 etl = AppGroup("etl", help="Run and inspect ingestion.")
 TAKE_OVER_HELP = ("Take the source's lock from the run holding it: that run is marked failed (superseded) and, "
@@ -25,6 +30,8 @@ TAKE_OVER_HELP = ("Take the source's lock from the run holding it: that run is m
 
 
 def register_cli(app) -> None:
+    from . import cli_status  # noqa: F401  (adds `etl status` and `etl runs`)
+
     app.cli.add_command(etl)
 
 
@@ -37,6 +44,7 @@ def run_command(source: str, enqueue: bool, timeout: int, take_over: bool):
     """Run one ingestion of SOURCE (coingecko, coinpaprika, csv) and print its summary."""
     from .pipeline.runs import BrokerUnavailable, RunAlreadyActive, UnknownSource, check_source, trigger_run
 
+    require_servers(current_app)
     settings = current_app.config["SETTINGS"]
     try:
         check_source(settings, source)
@@ -52,9 +60,11 @@ def run_command(source: str, enqueue: bool, timeout: int, take_over: bool):
 
 @etl.command("import")
 @click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Read the file again even if it is unchanged since its last import.")
 @click.option("--take-over", is_flag=True, help=TAKE_OVER_HELP)
-def import_command(path: str, take_over: bool):
+def import_command(path: str, force: bool, take_over: bool):
     """Import one CSV file (it must lie inside CSV_DATA_DIR) and print the run summary."""
+    require_servers(current_app)
     settings = current_app.config["SETTINGS"]
     data_dir = settings.csv_data_dir.resolve()
     target = Path(path).resolve()
@@ -62,8 +72,26 @@ def import_command(path: str, take_over: bool):
         raise click.ClickException(f"{path} is outside CSV_DATA_DIR ({data_dir}); copy or link it there first")
     if not target.is_file():
         raise click.ClickException(f"{path}: no such file")
-    _run_inline("csv", {"files": [str(target.relative_to(data_dir))]}, unit="bytes", total=target.stat().st_size,
-                take_over=take_over)
+    rel = str(target.relative_to(data_dir))
+    if not force and _unchanged(settings, rel):
+        click.echo(f"{path}: unchanged since its last import, skipped (use --force to re-import)")
+        return
+    options = {"files": [rel], "force": True} if force else {"files": [rel]}
+    _run_inline("csv", options, unit="bytes", total=target.stat().st_size, take_over=take_over)
+
+
+def _unchanged(settings, rel: str) -> bool:
+    """Whether a run would skip this file: read completely before, unchanged since (the csv checkpoint)."""
+    from .sources.csv_files import CsvSource
+
+    conn = psycopg2.connect(settings.libpq_url, connect_timeout=10)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT cursor->'position' FROM checkpoints WHERE source = 'csv'")
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    return bool(row and row[0]) and rel in CsvSource(settings, files=[rel]).unchanged_files(row[0])
 
 
 def _run_inline(source: str, options: dict, unit: str, total: int | None = None, take_over: bool = False):
@@ -78,15 +106,14 @@ def _run_inline(source: str, options: dict, unit: str, total: int | None = None,
                    f"(superseded) and, if still alive, stops at its next batch", err=True)
     started = time.monotonic()
     rows = 0
-    bar = tqdm(total=total, unit="B" if unit == "bytes" else " batch", unit_scale=unit == "bytes",
-               disable=None, file=sys.stderr)
+    bar = ProgressBar(total=total, unit="B" if unit == "bytes" else " batch", unit_scale=unit == "bytes")
 
     def progress(batch, counts):
         nonlocal rows
         rows += counts["fetched"]
         step = batch.locator.get("end", 0) - batch.locator.get("start", 0) if unit == "bytes" else 1
         bar.update(step)
-        bar.set_postfix(rows=rows, rows_per_s=int(rows / max(time.monotonic() - started, 1e-6)))
+        bar.show_rows(rows, rows / max(time.monotonic() - started, 1e-6))
 
     attempt = driver.Attempt(source, run_id, "cli", options)
     try:
@@ -113,16 +140,17 @@ def _run_inline(source: str, options: dict, unit: str, total: int | None = None,
         conn.close()
 
 
-def _print_summary(conn, run_id: str) -> None:
+def _print_summary(conn, run_id: str, with_error: bool = True) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT source, status, fetched, loaded, rejected, pages, duration_seconds, error "
                     "FROM etl_runs WHERE id = %s", (run_id,))
         source, status, fetched, loaded, rejected, pages, duration, error = cur.fetchone()
+    conn.rollback()   # end the read's transaction: the failure path returns without closing `conn`
     rate = f", {fetched / duration:,.0f} records/s" if duration else ""
-    click.echo(f"run {run_id} {source}: {status} — fetched {fetched}, loaded {loaded}, rejected {rejected}, "
-               f"{pages} batches in {duration or 0:.1f}s{rate}")
-    if error:
-        click.echo(f"error: {error}")
+    click.echo(f"run {run_id} {source}: {status} — fetched {fetched:,}, loaded {loaded:,}, rejected {rejected:,}, "
+               f"{pages:,} batches in {duration or 0:.1f}s{rate}")
+    if error and with_error:
+        click.echo(f"Error: {error}", err=True)
 
 
 def _follow(run_id: str, timeout: int) -> None:
@@ -140,7 +168,7 @@ def _follow(run_id: str, timeout: int) -> None:
             last = line
         if run.status in TERMINAL:
             if run.error:
-                click.echo(f"error: {run.error}")
+                click.echo(f"Error: {run.error}", err=True)
             if run.status == "failed":
                 sys.exit(1)
             return

@@ -5,6 +5,7 @@ A bad value fails at start with a message that names the variable.
 from __future__ import annotations
 
 import os
+import re
 from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -38,6 +39,21 @@ SEVERITIES = ("hard", "soft", "off")
 
 class ConfigError(ValueError):
     """A setting in the environment is missing or malformed."""
+
+
+CONFIG_ERROR_EXIT = 2
+
+
+def settings_or_exit(env: dict | None = None) -> "Settings":
+    """load_settings() for a process entry point (CLI, gunicorn, celery, Flower): a bad setting prints one
+    line naming the variable, without a traceback, and exits with status 2."""
+    try:
+        return load_settings(env)
+    except ConfigError as exc:
+        import sys
+
+        print(f"cryptoflow: configuration error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(CONFIG_ERROR_EXIT) from None
 
 
 def _str(env, name, default=None):
@@ -173,6 +189,7 @@ class SourceSettings:
 class Settings:
     database_url: str | None
     redis_url: str | None
+    bind_host: str
     port: int
     flower_port: int
     flower_basic_auth: str | None
@@ -232,6 +249,28 @@ DEFAULT_RATES = {"coingecko": 10.0, "coinpaprika": 10.0, "csv": 600.0}
 DEFAULT_SCHEDULES = {"coingecko": 300, "coinpaprika": 300, "csv": 3600}
 
 
+_HOST = re.compile(r"^[A-Za-z0-9.\-]{1,253}$|^\[?[0-9A-Fa-f:.]+\]?$")
+
+
+def _host(env, name, default):
+    raw = _str(env, name, default)
+    if not _HOST.match(raw):
+        raise ConfigError(f"{name} must be an IP address or host name to listen on (127.0.0.1, 0.0.0.0, ::), got {raw!r}")
+    return raw.strip("[]")
+
+
+def _paid_plans_have_keys(settings: "Settings") -> None:
+    """A paid plan without its key would only fail at the first run, minutes later: refuse it at start."""
+    if settings.coingecko_api_plan != "public" and not settings.coingecko_api_key:
+        raise ConfigError(f"COINGECKO_API_PLAN={settings.coingecko_api_plan} needs COINGECKO_API_KEY "
+                          "(or COINGECKO_API_PLAN=public, keyless)")
+    if "pro-api.coingecko.com" in settings.coingecko_base_url and not settings.coingecko_api_key:
+        raise ConfigError("COINGECKO_BASE_URL points at the pro API, which needs COINGECKO_API_KEY")
+    if "api-pro.coinpaprika.com" in settings.coinpaprika_base_url and not settings.coinpaprika_api_key:
+        raise ConfigError("COINPAPRIKA_BASE_URL points at the pro API, which needs COINPAPRIKA_API_KEY "
+                          "(unset COINPAPRIKA_BASE_URL for the free API)")
+
+
 def load_settings(env: dict | None = None) -> Settings:
     env = dict(os.environ if env is None else env)
     plan = _choice(env, "COINGECKO_API_PLAN", "public", COINGECKO_PLANS)
@@ -253,11 +292,12 @@ def load_settings(env: dict | None = None) -> Settings:
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {log_level!r}")
     flower_auth = _str(env, "FLOWER_BASIC_AUTH")
-    if flower_auth is not None and ":" not in flower_auth:
-        raise ConfigError("FLOWER_BASIC_AUTH must look like user:password")
-    return Settings(
+    if flower_auth is not None and not all(":" in login for login in flower_auth.split(",")):
+        raise ConfigError("FLOWER_BASIC_AUTH must look like user:password (several: comma-separated)")
+    settings = Settings(
         database_url=_url(env, "DATABASE_URL", None, ("postgresql", "postgresql+psycopg2", "postgres")),
         redis_url=_url(env, "REDIS_URL", None, ("redis", "rediss", "unix")),
+        bind_host=_host(env, "BIND_HOST", "127.0.0.1"),
         port=_int(env, "PORT", 8000, 1, 65535),
         flower_port=_int(env, "FLOWER_PORT", 5555, 1, 65535),
         flower_basic_auth=flower_auth,
@@ -291,3 +331,5 @@ def load_settings(env: dict | None = None) -> Settings:
         plausibility=load_plausibility(env),
         keep_current_seconds=_int(env, "HISTORY_KEEP_CURRENT_SECONDS", 3600, 0),
     )
+    _paid_plans_have_keys(settings)
+    return settings

@@ -11,6 +11,7 @@ import redis as redis_lib
 from celery import Celery, Task, signals
 
 from crypto_app import create_app, liveness
+from crypto_app.config import settings_or_exit
 from crypto_app.coordination import redis_client
 from crypto_app.logs import configure_logging
 
@@ -37,7 +38,7 @@ def _setup_logging(**_kwargs):
     configure_logging(flask_app.config["SETTINGS"].log_level)
 
 
-flask_app = create_app()
+flask_app = create_app(settings=settings_or_exit())   # a bad setting: one line, exit 2
 celery_app = celery_init_app(flask_app)
 app = celery_app
 

@@ -3,12 +3,14 @@
 Where the servers come from:
 - DATABASE_URL / REDIS_URL set: the tests use those servers, but never their data: they create a
   database `<name>_test` (TEST_DATABASE_NAME overrides) and use Redis database TEST_REDIS_DB (default 15).
-- unset: the embedded PostgreSQL and Redis under var/ are started (crypto_app.embedded).
+- unset: the embedded PostgreSQL and Redis under var/ are started (crypto_app.checkout), and stopped at the
+  end unless they were running before or another process still uses them.
 The test database is dropped and migrated afresh once per session; every test starts from empty tables.
 """
 from __future__ import annotations
 pytest_plugins = ["fake_upstream"]
 
+import atexit
 import os
 import subprocess
 import sys
@@ -27,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from crypto_app import create_app  # noqa: E402
 from crypto_app.config import load_settings  # noqa: E402
-from crypto_app import embedded  # noqa: E402
+from crypto_app import checkout  # noqa: E402
 
 TABLES = ("backfill_windows", "backfills", "rejected_records", "raw_payloads", "quotes", "latest_quotes", "dataset_assets", "datasets",
           "asset_identifiers", "assets", "checkpoints", "etl_runs")
@@ -35,7 +37,11 @@ TABLES = ("backfill_windows", "backfills", "rejected_records", "raw_payloads", "
 
 def _server_urls() -> tuple[str, str]:
     env = {"DATABASE_URL": os.environ.get("DATABASE_URL", ""), "REDIS_URL": os.environ.get("REDIS_URL", "")}
-    embedded.ensure_environment(env)
+    if not (env["DATABASE_URL"] and env["REDIS_URL"]):
+        # embedded servers: stopped when pytest ends, unless they ran before or another session uses them
+        session = checkout.Session("pytest", stop_after=True)
+        session.open(env)
+        atexit.register(session.close)
     return env["DATABASE_URL"], env["REDIS_URL"]
 
 

@@ -13,7 +13,7 @@ from email.utils import format_datetime
 import pytest
 import requests
 
-from crypto_app.config import load_settings
+from crypto_app.config import ConfigError, load_settings
 from crypto_app.pipeline.validate import validate_record
 from crypto_app.sources import build_source
 from crypto_app.sources.base import PermanentSourceError, TransientSourceError
@@ -155,9 +155,10 @@ def test_coingecko_auth_header_per_plan(fake_upstream, plan, header):
 
 
 @pytest.mark.parametrize("plan", ["demo", "pro"])
-def test_coingecko_paid_plan_without_a_key_is_permanent(fake_upstream, plan):
-    error = fails_with(PermanentSourceError, make(fake_upstream, COINGECKO_API_PLAN=plan))
-    assert "COINGECKO_API_KEY" in str(error) and fake_upstream.requests == []
+def test_coingecko_paid_plan_without_a_key_is_refused_at_start(fake_upstream, plan):
+    with pytest.raises(ConfigError, match=f"COINGECKO_API_PLAN={plan} needs COINGECKO_API_KEY"):
+        make(fake_upstream, COINGECKO_API_PLAN=plan)
+    assert fake_upstream.requests == []
 
 
 def test_coinpaprika_sends_the_key_as_a_bare_authorization_header(fake_upstream):

@@ -96,3 +96,92 @@ def test_a_run_whose_deliveries_keep_dying_is_given_up(worker, celery_probe, fak
                    message="the poison run to be given up")[0]
     assert "deliveries in a row died" in run[1]
     assert fake_upstream.requests == []
+
+
+def test_an_unchanged_file_is_skipped_unless_forced(test_env, db_conn, tmp_path):
+    shutil.copy(FIXTURES / "csv_kaggle_cmc_bitcoin_cash_price.csv", tmp_path / "bch.csv")
+    app = _cli_app(test_env, CSV_DATA_DIR=tmp_path)
+    first = app.test_cli_runner().invoke(args=["etl", "import", str(tmp_path / "bch.csv")])
+    assert first.exit_code == 0, first.output
+    loaded = table(db_conn, "SELECT loaded FROM etl_runs")[0][0]
+    again = app.test_cli_runner().invoke(args=["etl", "import", str(tmp_path / "bch.csv")])
+    assert again.exit_code == 0 and "unchanged since its last import, skipped (use --force to re-import)" in again.output
+    assert "fetched 0" not in again.output and table(db_conn, "SELECT count(*) FROM etl_runs") == [(1,)]
+    forced = app.test_cli_runner().invoke(args=["etl", "import", "--force", str(tmp_path / "bch.csv")])
+    assert forced.exit_code == 0 and f"loaded {loaded:,}" in forced.output, forced.output
+    assert table(db_conn, "SELECT count(*), min(loaded) FROM etl_runs") == [(2, loaded)]
+
+
+def test_a_failing_run_prints_its_error_once_on_one_line(test_env, fake_upstream, db_conn):
+    fake_upstream.script("/api/v3/coins/markets", [fake_upstream.html_error(200)] * 3)
+    result = _cli_app(test_env, **fake_upstream.env(COINGECKO_RATE_PER_MINUTE=6000)).test_cli_runner().invoke(
+        args=["etl", "run", "coingecko"])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("Error: "), result.output
+
+
+def test_status_and_runs_show_sources_runs_and_locks(test_env, fake_upstream, db_conn):
+    app = _cli_app(test_env, **fake_upstream.env(COINGECKO_RATE_PER_MINUTE=6000))
+    assert app.test_cli_runner().invoke(args=["etl", "run", "coingecko"]).exit_code == 0
+    with db_conn.cursor() as cur:
+        cur.execute("INSERT INTO etl_runs (id, source, trigger, status, error, finished_at) VALUES "
+                    "('00000000-0000-0000-0000-0000000000bb', 'coinpaprika', 'api', 'failed', "
+                    "'coinpaprika connection failed: DNS', now())")
+        cur.execute("INSERT INTO etl_runs (id, source, trigger, status, started_at) VALUES "
+                    "('00000000-0000-0000-0000-0000000000cc', 'csv', 'cli', 'running', now())")
+    SourceLock(redis_client(test_env["REDIS_URL"]), "csv").acquire("00000000-0000-0000-0000-0000000000cc", 60)
+
+    status = app.test_cli_runner().invoke(args=["etl", "status"])
+    assert status.exit_code == 0, status.output
+    lines = {line.split()[0]: line for line in status.output.splitlines()[1:]}
+    assert "succeeded" in lines["coingecko"] and "s ago" in lines["coingecko"] and "free" in lines["coingecko"]
+    assert "failed" in lines["coinpaprika"] and "DNS" in lines["coinpaprika"] and "never" in lines["coinpaprika"]
+    assert "00000000-0000-0000-0000-0000000000cc running" in lines["csv"]
+    assert "held by 00000000-0000-0000-0000-0000000000cc (expires in" in lines["csv"]
+
+    runs = app.test_cli_runner().invoke(args=["etl", "runs", "--limit", "2"])
+    assert runs.exit_code == 0 and len(runs.output.splitlines()) == 3, runs.output
+    only = app.test_cli_runner().invoke(args=["etl", "runs", "--source", "coingecko"])
+    body = only.output.splitlines()[1:]
+    assert len(body) == 1 and "coingecko" in body[0] and "succeeded" in body[0] and "30" in body[0]
+    assert app.test_cli_runner().invoke(args=["etl", "runs", "--source", "kraken"]).exit_code == 2
+
+
+def test_flask_needs_no_wrapper_and_help_needs_no_database(test_env, tmp_path):
+    """Plain `.venv/bin/flask` (the app from .flaskenv): help without servers; commands say what to do."""
+    env = {k: v for k, v in test_env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["CRYPTOFLOW_VAR_DIR"] = str(tmp_path / "var")          # no embedded servers recorded there
+    flask = str(ROOT / ".venv" / "bin" / "flask")
+    helped = subprocess.run([flask, "etl", "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "status" in helped.stdout and "runs" in helped.stdout, helped.stderr
+    for args in (["etl", "status"], ["etl", "run", "csv"], ["etl", "runs"]):
+        done = subprocess.run([flask, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "make run" in done.stderr, done.stderr
+    bad = subprocess.run([flask, "etl", "status"], cwd=ROOT, env={**test_env, "PORT": "abc"},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip() == "cryptoflow: configuration error: PORT must be a whole number, got 'abc'"
+    with_urls = subprocess.run([flask, "etl", "runs"], cwd=ROOT, env=test_env, capture_output=True, text=True, timeout=60)
+    assert with_urls.returncode == 0 and "no runs yet" in with_urls.stdout, with_urls.stderr
+
+
+def test_the_progress_bar_keeps_info_lines_off_the_terminal(test_env, tmp_path):
+    import logging
+
+    from crypto_app import cli_output
+    from crypto_app.logs import configure_logging
+
+    configure_logging("INFO", service="cli")
+    root = logging.getLogger()
+    before = list(root.handlers)
+    bar = cli_output.ProgressBar(total=10, disable=False, file=open(tmp_path / "tty", "w"))
+    try:
+        assert before[0] not in root.handlers
+        logging.getLogger("crypto_app.test").info("batch loaded")
+        bar.show_rows(60000, 12345.6)
+        assert "60,000 rows, 12,346 rows/s" in str(bar) and "e+" not in str(bar)
+    finally:
+        bar.close()
+    assert root.handlers == before
+    assert "batch loaded" in cli_output.LOG_FILE.read_text()

@@ -17,7 +17,8 @@ def test_bad_setting_fails_naming_the_variable():
 
 
 def test_pro_plan_switches_the_default_base_url():
-    assert load_settings({"COINGECKO_API_PLAN": "pro"}).coingecko_base_url.startswith("https://pro-api.")
+    pro = {"COINGECKO_API_PLAN": "pro", "COINGECKO_API_KEY": "k"}
+    assert load_settings(pro).coingecko_base_url.startswith("https://pro-api.")
     assert "pro" not in load_settings({}).coingecko_base_url
 
 
@@ -45,3 +46,18 @@ def test_liveness(client):
     response = client.get("/health/live")
     assert response.status_code == 200
     assert response.headers["X-Request-ID"]
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"COINGECKO_API_PLAN": "pro"}, "COINGECKO_API_KEY"),
+    ({"COINGECKO_API_PLAN": "demo"}, "COINGECKO_API_KEY"),
+    ({"COINGECKO_BASE_URL": "https://pro-api.coingecko.com/api/v3"}, "COINGECKO_API_KEY"),
+    ({"COINPAPRIKA_BASE_URL": "https://api-pro.coinpaprika.com/v1"}, "COINPAPRIKA_API_KEY"),
+    ({"BIND_HOST": "0.0.0.0; rm -rf"}, "BIND_HOST"),
+    ({"FLOWER_BASIC_AUTH": "admin:x,nopassword"}, "FLOWER_BASIC_AUTH"),
+])
+def test_incomplete_settings_are_refused_at_start(env, named):
+    with pytest.raises(ConfigError, match=named):
+        load_settings(env)
+    assert load_settings({}).bind_host == "127.0.0.1"
+    assert load_settings({"COINGECKO_API_PLAN": "demo", "COINGECKO_API_KEY": "k"}).coingecko_api_plan == "demo"

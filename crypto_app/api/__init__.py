@@ -2,11 +2,11 @@
 
 
 def register_api(app, api):
-    from . import (assets, auth, backfills, compat, context, coverage, data, datasets, errors, health, metrics,
-                   readcache, runs, sources,
-                   stats)
+    from . import (assets, auth, backfills, bodies, compat, context, coverage, data, datasets, errors, health,
+                   metrics, readcache, runs, sources, stats)
 
     context.register(app)
+    bodies.register(app)   # after context: the chunked-body bound runs first
     errors.register(app)
     errors.use_error_schema_in_docs(api)
     auth.register_security_scheme(api)

@@ -175,6 +175,9 @@ def _and(conditions: list[str]) -> str:
 
 def _decode_cursor(key: list) -> dict:
     try:
+        if len(key) != 3 or not isinstance(key[1], int) or not isinstance(key[2], int) \
+                or isinstance(key[1], bool) or isinstance(key[2], bool):
+            raise ValueError("not the shape of a cursor this API issued")
         sort_value, asset_id, dataset_id = Decimal(str(key[0])), int(key[1]), int(key[2])
         if not sort_value.is_finite() or abs(sort_value.adjusted()) > 1000 or abs(asset_id) >= 2**63 \
                 or abs(dataset_id) >= 2**31:

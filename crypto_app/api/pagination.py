@@ -19,6 +19,7 @@ from ..extensions import db
 
 EXACT_COUNT_CAP = 10_000
 CURSOR_VERSION = 1
+MAX_KEY_PART_CHARS = 200  # a sort key of a cursor we issued is a number, an id or a source name
 
 
 class CursorField(ma.fields.String):
@@ -32,7 +33,29 @@ class CursorField(ma.fields.String):
             raise ma.ValidationError("not a cursor this API issued") from None
         if not (isinstance(decoded, list) and decoded and decoded[0] == CURSOR_VERSION):
             raise ma.ValidationError("not a cursor this API issued")
-        return decoded[1:]
+        key = decoded[1:]
+        for part in key:
+            _check_key_part(part)
+        return key
+
+
+def _check_key_part(part) -> None:
+    """A decoded cursor is input like any query parameter: plain scalars only, text PostgreSQL can hold."""
+    if isinstance(part, bool) or not isinstance(part, (str, int, type(None))):
+        raise ma.ValidationError("not a cursor this API issued")
+    if not isinstance(part, str):
+        return
+    if "\x00" in part:
+        from .errors import ApiError  # the same answer as a NUL in the raw query string
+
+        raise ApiError(400, "NUL characters are not allowed in the URL.",
+                       {"query": {"cursor": ["the cursor holds a NUL character"]}})
+    try:
+        part.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ma.ValidationError("not a cursor this API issued") from None
+    if len(part) > MAX_KEY_PART_CHARS:
+        raise ma.ValidationError("not a cursor this API issued")
 
 
 def encode_cursor(*key) -> str:

@@ -84,6 +84,9 @@ class CsvSource(Source):
         if self.options.get("files") is None:   # a full scan forgets files that are gone
             present = {rel for rel, _ in files} | excluded
             state["files"] = {k: v for k, v in state["files"].items() if k in present}
+        if self.options.get("force"):           # `flask etl import --force`: read these files from the start
+            for rel, _ in files:
+                state["files"].pop(rel, None)
         pending = None
         for rel, path in files:
             for batch in self._file_batches(rel, path, state):
@@ -93,6 +96,17 @@ class CsvSource(Source):
         if pending is not None:
             pending.done = True
             yield pending
+
+    def unchanged_files(self, cursor: dict) -> list[str]:
+        """The files (of the `files` option, or all) that a run would skip: read completely, unchanged since."""
+        entries = _valid_entries((cursor or {}).get("files"))
+        out = []
+        for rel, path in self._files(self._root()):
+            if rel in entries:
+                with open(path, "rb") as fh:
+                    if self._resume_point(fh, os.fstat(fh.fileno()).st_size, entries[rel])[0] is None:
+                        out.append(rel)
+        return out
 
     def _file_batches(self, rel: str, path: Path, state: dict) -> Iterator[Batch]:
         try:
