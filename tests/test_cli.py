@@ -99,15 +99,16 @@ def test_a_run_whose_deliveries_keep_dying_is_given_up(worker, celery_probe, fak
 
 
 def test_an_unchanged_file_is_skipped_unless_forced(test_env, db_conn, tmp_path):
-    shutil.copy(FIXTURES / "csv_kaggle_cmc_bitcoin_cash_price.csv", tmp_path / "bch.csv")
+    # named the way CoinMarketCap names it: the file names its coin only there
+    shutil.copy(FIXTURES / "csv_kaggle_cmc_bitcoin_cash_price.csv", tmp_path / "bitcoin_cash_price.csv")
     app = _cli_app(test_env, CSV_DATA_DIR=tmp_path)
-    first = app.test_cli_runner().invoke(args=["etl", "import", str(tmp_path / "bch.csv")])
+    first = app.test_cli_runner().invoke(args=["etl", "import", str(tmp_path / "bitcoin_cash_price.csv")])
     assert first.exit_code == 0, first.output
     loaded = table(db_conn, "SELECT loaded FROM etl_runs")[0][0]
-    again = app.test_cli_runner().invoke(args=["etl", "import", str(tmp_path / "bch.csv")])
+    again = app.test_cli_runner().invoke(args=["etl", "import", str(tmp_path / "bitcoin_cash_price.csv")])
     assert again.exit_code == 0 and "unchanged since its last import, skipped (use --force to re-import)" in again.output
     assert "fetched 0" not in again.output and table(db_conn, "SELECT count(*) FROM etl_runs") == [(1,)]
-    forced = app.test_cli_runner().invoke(args=["etl", "import", "--force", str(tmp_path / "bch.csv")])
+    forced = app.test_cli_runner().invoke(args=["etl", "import", "--force", str(tmp_path / "bitcoin_cash_price.csv")])
     assert forced.exit_code == 0 and f"loaded {loaded:,}" in forced.output, forced.output
     assert table(db_conn, "SELECT count(*), min(loaded) FROM etl_runs") == [(2, loaded)]
 
