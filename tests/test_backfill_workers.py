@@ -69,14 +69,14 @@ def test_backfill_of_both_sources_survives_a_sigkill_and_a_second_one_writes_not
     per_dataset = table(db_conn, "SELECT d.name, count(*), count(DISTINCT q.asset_id) FROM quotes q JOIN datasets d "
                                  "ON d.id = q.dataset_id WHERE d.endpoint IN ('market_chart', 'historical') "
                                  "GROUP BY 1 ORDER BY 1")
-    assert per_dataset == [("coingecko:market_chart", 6 * 365, 6), ("coinpaprika:historical", 6 * 365, 6)]
+    assert per_dataset == [("coingecko:market_chart:1d", 6 * 365, 6), ("coinpaprika:historical:1d", 6 * 365, 6)]
     for prefix in ("/api/v3/coins/", "/v1/tickers/"):
         sent = fake_upstream.requests_to(prefix)
         assert _rate_held(sent, RATE), prefix
         span = max(r[0] for r in sent) - min(r[0] for r in sent)
         print(f"{prefix}: {len(sent)} requests in {span:.1f}s = {(len(sent) - 1) / span * 60:.1f}/min (limit {RATE})")
     # coverage: no gaps on the daily grid
-    cover = client.get(f"/api/v1/assets/coin-3/coverage?dataset=coinpaprika:historical&interval=1d"
+    cover = client.get(f"/api/v1/assets/coin-3/coverage?dataset=coinpaprika:historical:1d&interval=1d"
                        f"&since={_day(364)}&until={_day(0)}").get_json()
     assert cover["missing"] == 0 and cover["gaps"] == [] and cover["expected"] == 364
     # a second identical backfill: every row already there, nothing written
