@@ -116,3 +116,33 @@ def test_bad_backfill_requests(client, db_conn):
     bad = client.post("/api/v1/backfills", json={"assets": ["x"], "since": "yesterday"}, headers=AUTH)
     assert bad.status_code == 422
     assert client.get("/api/v1/backfills/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+def test_windows_whose_queue_messages_were_lost_are_requeued_by_the_reaper(client, test_env, worker, fake_upstream,
+                                                                           db_conn, redis):
+    from crypto_app.broker import send_task
+    from crypto_app.celery_settings import BACKFILL_TASK
+    from crypto_app.pipeline.backfill_reaper import requeue_stalled_windows
+
+    _known(test_env, fake_upstream, 2)
+    created = client.post("/api/v1/backfills", json={"assets": ["coin-1", "coin-2"], "since": _day(20)},
+                          headers=AUTH)
+    assert created.status_code == 202, created.get_json()
+    location = created.headers["Location"]
+    redis.flushdb()                      # no worker has taken them yet: the queued messages are gone
+    worker(concurrency=1, env=fake_upstream.env())
+    assert client.get(location).get_json()["windows"]["pending"] == 4
+    with db_conn.cursor() as cur:        # as if BACKFILL_STALL_SECONDS had passed
+        cur.execute("UPDATE backfill_windows SET touched_at = now() - interval '1 hour'")
+    db_conn.commit()
+    with client.application.app_context():
+        conn = __import__("psycopg2").connect(client.application.config["SETTINGS"].libpq_url)
+        try:
+            got = requeue_stalled_windows(conn, lambda window_id: send_task(
+                BACKFILL_TASK, {"window_id": window_id}, f"backfill-window-{window_id}"), stall_seconds=600)
+        finally:
+            conn.close()
+    assert len(got["requeued"]) == 4
+    done = wait_for(_finished(client, location), timeout=60, message="the re-queued backfill to finish")
+    assert done["status"] == "succeeded" and done["windows"]["done"] == 4
+    assert table(db_conn, "SELECT max(requeues) FROM backfill_windows") == [(1,)]
