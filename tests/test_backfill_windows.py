@@ -227,7 +227,8 @@ def test_keep_current_stores_the_provisional_now_point_and_replaces_it_with_the_
         (_day(3).isoformat(), True), (_day(2).isoformat(), True), (_day(1).isoformat(), True),
         (_day(0).isoformat(), False)]        # today's bucket has not closed
     # snapshot datasets carry no finality
-    assert {c["final"] for c in _points(client, "coin-1", dataset="coingecko:markets", since="2000-01-01T00:00:00Z")["points"]} == {None}
+    snapshot = _points(client, "coin-1", dataset="coingecko:markets", since="2000-01-01T00:00:00Z")["points"]
+    assert {p["final"] for p in snapshot} == {None}
     # a row's run_id leads to its backfill
     missing = client.get(f"/api/v1/runs/{plan.id}")
     assert missing.status_code == 404 and missing.get_json()["details"]["backfill_id"] == plan.id

@@ -111,7 +111,9 @@ class PointSchema(ma.Schema):
     low_usd = Money("Low of the source's period, when it gives one")
     market_cap_usd = Money("Market cap in USD")
     volume_24h_usd = Money("24h volume in USD (a candle file's volume of its own period)")
-    flags = fields.List(fields.String(), metadata={"description": "Soft plausibility rules the row tripped; [] if none"})
+    flags = fields.List(fields.String(), metadata={
+        "description": "Soft plausibility rules the row tripped, and `provisional` for a history point not final "
+                       "yet; [] if none"})
     run_id = fields.UUID(metadata={"description": "The run that stored the row; for a history dataset's row, the "
                                                   "backfill's id (GET /api/v1/backfills/{run_id})"})
     final = fields.Boolean(allow_none=True, metadata={

@@ -38,8 +38,8 @@ from .plausibility import PlausibilityCheck
 log = logging.getLogger(__name__)
 
 _CLAIM = """
-UPDATE backfill_windows w SET status = 'running', attempts = attempts + 1, touched_at = now(),
-       started_at = coalesce(w.started_at, now())
+UPDATE backfill_windows w SET status = 'running', attempts = attempts + 1,
+       touched_at = now(), started_at = coalesce(w.started_at, now())
 FROM backfills b
 WHERE w.id = %s AND b.id = w.backfill_id AND w.status IN ('pending', 'running') AND b.status = 'running'
 RETURNING w.backfill_id, w.source, w.asset_id, w.external_id, w.interval, w.starts_at, w.ends_at,
@@ -154,7 +154,8 @@ def _run(settings, conn, identity_conn, window_id: int, failures: int) -> Window
             row["flags"] = sorted({*(row.get("flags") or []), PROVISIONAL})
 
     def mark_done(cur, result):
-        cur.execute("UPDATE backfill_windows SET status = 'done', error = NULL, finished_at = now(), touched_at = now(), "
+        cur.execute("UPDATE backfill_windows SET status = 'done', error = NULL, finished_at = now(), "
+                    "touched_at = now(), "
                     "requests = requests + %s, fetched = %s, inserted = %s, updated = %s, unchanged = %s, "
                     "rejected = %s WHERE id = %s",
                     (requests, len(batch.records) + len(batch.invalid), result.inserted, result.updated,
