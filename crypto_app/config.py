@@ -220,6 +220,7 @@ class Settings:
     sources: dict = field(default_factory=dict)
     plausibility: PlausibilitySettings = field(default_factory=lambda: load_plausibility({}))
     keep_current_seconds: int = 3600     # history sources' keep-current backfill (0: off)
+    backfill_stall_seconds: int = 600    # a running backfill with no window change for this long is re-queued
 
     @property
     def libpq_url(self) -> str | None:
@@ -330,6 +331,7 @@ def load_settings(env: dict | None = None) -> Settings:
         sources=sources,
         plausibility=load_plausibility(env),
         keep_current_seconds=_int(env, "HISTORY_KEEP_CURRENT_SECONDS", 3600, 0),
+        backfill_stall_seconds=_int(env, "BACKFILL_STALL_SECONDS", 600, 1),
     )
     _paid_plans_have_keys(settings)
     return settings

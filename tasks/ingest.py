@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import psycopg2
 
-from crypto_app.celery_settings import INGEST_TASK, REAP_TASK, SEGMENT_TASK, display_name
+from crypto_app.broker import send_task
+from crypto_app.celery_settings import BACKFILL_TASK, INGEST_TASK, REAP_TASK, SEGMENT_TASK, display_name
 from crypto_app.coordination import redis_client
 from crypto_app.pipeline.driver import Attempt, RunFailed, SegmentAttempt, deliver, deliver_segment
+from crypto_app.pipeline.backfill_reaper import requeue_stalled_windows
 from crypto_app.pipeline.reaper import reap_stale_runs
 
 from . import celery_app, flask_app
@@ -65,6 +67,9 @@ def reap_stale_runs_task():
     settings = flask_app.config["SETTINGS"]
     conn = psycopg2.connect(settings.libpq_url, connect_timeout=10)
     try:
-        return reap_stale_runs(conn, redis_client(settings.redis_url), settings.run_stale_after_seconds)
+        reaped = reap_stale_runs(conn, redis_client(settings.redis_url), settings.run_stale_after_seconds)
+        requeue_stalled_windows(conn, lambda window_id: send_task(
+            BACKFILL_TASK, {"window_id": window_id}, f"backfill-window-{window_id}"), settings.backfill_stall_seconds)
+        return reaped
     finally:
         conn.close()

@@ -58,11 +58,11 @@ def test_a_daily_backfill_of_both_sources_stores_each_day_once(known, db_conn, f
     got = summary(conn, known, plan.id)
     assert got["status"] == "succeeded" and got["windows"]["done"] == 4 and got["requests"] == 4
     rows = table(db_conn, "SELECT d.name, count(*), min(q.observed_at), max(q.observed_at) FROM quotes q "
-                          "JOIN datasets d ON d.id = q.dataset_id WHERE d.name LIKE '%%:market_chart' "
-                          "OR d.name LIKE '%%:historical' GROUP BY 1 ORDER BY 1")
+                          "JOIN datasets d ON d.id = q.dataset_id WHERE d.name LIKE '%%:market_chart:1d' "
+                          "OR d.name LIKE '%%:historical:1d' GROUP BY 1 ORDER BY 1")
     # up to today 00:00: the newest point whose finality (10 min) has passed
-    assert rows == [("coingecko:market_chart", 62, _day(30), _day(0)),
-                    ("coinpaprika:historical", 62, _day(30), _day(0))]
+    assert rows == [("coingecko:market_chart:1d", 62, _day(30), _day(0)),
+                    ("coinpaprika:historical:1d", 62, _day(30), _day(0))]
     gecko = fake_upstream.requests_to("/api/v3/coins/coin-1/market_chart/range")[0][2]
     assert int(gecko["to"]) - int(gecko["from"]) > 90 * 86400     # a daily answer needs a span > 90 days
     paprika = fake_upstream.requests_to("/v1/tickers/c2-coin-2/historical")[0][2]
@@ -129,6 +129,16 @@ def test_overlapping_backfill_is_refused_naming_the_running_one(known, db_conn):
         create_backfill(conn, plan_backfill(conn, known, {"assets": ["coin-1"], "since": _day(10),
                                                           "sources": ["coinpaprika"]}))
     assert info.value.backfill_id == first.id
+    # a running backfill owns its whole range, even when its windows there are done: finish first's
+    # CoinPaprika window, then an overlapping CoinPaprika backfill is still refused while first runs
+    (paprika_window,) = table(db_conn, "SELECT id FROM backfill_windows WHERE backfill_id = %s AND source = "
+                                       "'coinpaprika'", (first.id,))[0]
+    assert run_window(known, paprika_window).status == "done"
+    assert summary(conn, known, first.id)["status"] == "running"
+    with pytest.raises(BackfillConflict) as info:
+        create_backfill(conn, plan_backfill(conn, known, {"assets": ["coin-1"], "since": _day(10),
+                                                          "sources": ["coinpaprika"]}))
+    assert info.value.backfill_id == first.id
     # another interval or asset is fine
     create_backfill(conn, plan_backfill(conn, known, {"assets": ["coin-1"], "since": _day(2), "interval": "1h"}))
     with pytest.raises(PlanError, match="unknown assets: nope"):
@@ -143,7 +153,7 @@ def test_coverage_reports_the_gaps_and_a_gaps_of_backfill_fills_exactly_those(kn
     plan = start_backfill(conn, known, {"assets": ["coin-2"], "sources": ["coingecko"], "since": since},
                           send=lambda _id: None)
     _run_all(db_conn, known, plan.id)
-    url = (f"/api/v1/assets/coin-2/coverage?dataset=coingecko:market_chart&interval=1d"
+    url = (f"/api/v1/assets/coin-2/coverage?dataset=coingecko:market_chart:1d&interval=1d"
            f"&since={since.date().isoformat()}&until={until.date().isoformat()}")
     cover = client.get(url).get_json()
     holes = [d for d in range(1, 121) if _day(d).timetuple().tm_yday % 50 == 7]
@@ -176,7 +186,100 @@ def test_keep_current_fetches_each_final_day_once(known, db_conn, fake_upstream)
     _run_all(db_conn, known, started[0])
     got = summary(conn, known, started[0])
     assert got["status"] == "succeeded" and got["rows"]["inserted"] == 2 * 6 and got["rows"]["unchanged"] == 0
-    assert table(db_conn, "SELECT trigger, since FROM backfills WHERE id = %s", (started[0],)) == [("schedule", _day(5))]
+    # from just after the newest final row (day 6), to the end of today's bucket
+    assert table(db_conn, "SELECT trigger, since, until FROM backfills WHERE id = %s", (started[0],)) == [
+        ("schedule", _day(6) + timedelta(seconds=1), _day(-1))]
     assert keep_current(conn, known, "coinpaprika", send=lambda _id: None) == []     # current: nothing asked
     assert len(fake_upstream.requests_to("/v1/tickers/")) == 2
+    conn.close()
+
+
+def _points(client, slug, **query):
+    got = client.get(f"/api/v1/assets/{slug}/history", query_string=query)
+    assert got.status_code == 200, got.get_json()
+    return got.get_json()
+
+
+def test_keep_current_stores_the_provisional_now_point_and_replaces_it_with_the_final_one(known, db_conn, client):
+    from crypto_app.pipeline.keep_current import keep_current
+
+    now = datetime.now(timezone.utc)
+    if now - _day(0) < timedelta(minutes=15) or _day(-1) - now < timedelta(minutes=1):
+        pytest.skip("today's 00:00 point is not final yet (or the day ends during the test)")
+    conn = psycopg2.connect(known.libpq_url)
+    dataset = "coingecko:market_chart:1d"
+    plan = start_backfill(conn, known, {"assets": ["coin-1"], "sources": ["coingecko"], "since": _day(3)},
+                          send=lambda _id: None)
+    _run_all(db_conn, known, plan.id)
+    assert table(db_conn, "SELECT count(*) FROM quotes WHERE 'provisional' = ANY(flags)") == [(0,)]
+    (first,) = keep_current(conn, known, "coingecko", send=lambda _id: None)
+    _run_all(db_conn, known, first)
+    # only the "now" point was new: the final days were not stored again
+    assert summary(conn, known, first)["rows"] == {"fetched": 1, "inserted": 1, "updated": 0, "unchanged": 0,
+                                                   "rejected": 0}
+    provisional = table(db_conn, "SELECT observed_at FROM quotes WHERE 'provisional' = ANY(flags)")
+    assert len(provisional) == 1 and provisional[0][0] > _day(0)
+    points = _points(client, "coin-1", dataset=dataset, since=_day(3).isoformat())["points"]
+    assert [p["final"] for p in points] == [True, True, True, True, False]
+    assert points[-1]["flags"] == ["provisional"] and points[0]["run_id"] == plan.id
+    candles = _points(client, "coin-1", dataset=dataset, interval="1d", since=_day(3).isoformat())["candles"]
+    assert [(c["bucket"], c["final"]) for c in candles] == [
+        (_day(3).isoformat(), True), (_day(2).isoformat(), True), (_day(1).isoformat(), True),
+        (_day(0).isoformat(), False)]        # today's bucket has not closed
+    # snapshot datasets carry no finality
+    snapshot = _points(client, "coin-1", dataset="coingecko:markets", since="2000-01-01T00:00:00Z")["points"]
+    assert {p["final"] for p in snapshot} == {None}
+    # a row's run_id leads to its backfill
+    missing = client.get(f"/api/v1/runs/{plan.id}")
+    assert missing.status_code == 404 and missing.get_json()["details"]["backfill_id"] == plan.id
+    assert f"/api/v1/backfills/{plan.id}" in missing.get_json()["message"]
+
+    # yesterday's provisional point (stored at noon, before today's final 00:00 point existed) is replaced
+    with db_conn.cursor() as cur:
+        cur.execute("UPDATE quotes SET observed_at = %s WHERE 'provisional' = ANY(flags)",
+                    (_day(1) + timedelta(hours=12),))
+        cur.execute("DELETE FROM quotes q USING datasets d WHERE d.id = q.dataset_id AND d.name = %s "
+                    "AND q.observed_at = %s", (dataset, _day(0)))
+    db_conn.commit()
+    (second,) = keep_current(conn, known, "coingecko", send=lambda _id: None)
+    assert table(db_conn, "SELECT since FROM backfills WHERE id = %s", (second,)) == [(_day(1) + timedelta(seconds=1),)]
+    _run_all(db_conn, known, second)
+    rows = table(db_conn, "SELECT q.observed_at, coalesce(q.flags, '{}') FROM quotes q JOIN datasets d "
+                          "ON d.id = q.dataset_id WHERE d.name = %s AND q.observed_at >= %s ORDER BY 1",
+                 (dataset, _day(1)))
+    assert [r[0] for r in rows[:2]] == [_day(1), _day(0)] and rows[1][1] == []      # the final point arrived
+    assert len(rows) == 3 and rows[2][1] == ["provisional"] and rows[2][0] > _day(0)  # one provisional: now
+    conn.close()
+
+
+def test_lost_queue_messages_are_requeued_then_failed_so_the_backfill_ends(known, db_conn):
+    from crypto_app.pipeline.backfill_reaper import requeue_stalled_windows
+
+    conn = psycopg2.connect(known.libpq_url)
+    lost = start_backfill(conn, known, {"assets": ["coin-1", "coin-2"], "since": _day(20)}, send=lambda _id: None)
+    pending = sorted(w for (w,) in table(db_conn, "SELECT id FROM backfill_windows WHERE backfill_id = %s",
+                                         (lost.id,)))
+    sent = []
+    # fresh: not stalled
+    assert requeue_stalled_windows(conn, sent.append, stall_seconds=60) == {"requeued": [], "failed": []}
+
+    def stall():
+        with db_conn.cursor() as cur:
+            cur.execute("UPDATE backfill_windows SET touched_at = now() - interval '1 hour'")
+        db_conn.commit()
+
+    stall()
+    assert sorted(requeue_stalled_windows(conn, sent.append, stall_seconds=60)["requeued"]) == pending
+    assert sorted(sent) == pending
+    for window_id in sent[:2]:                   # the re-queued messages are delivered this time
+        assert run_window(known, window_id).status == "done"
+    # the other two are lost again, three more times: then failed, and the backfill ends
+    for _ in range(2):
+        stall()
+        assert len(requeue_stalled_windows(conn, sent.append, stall_seconds=60)["requeued"]) == 2
+    stall()
+    assert len(requeue_stalled_windows(conn, sent.append, stall_seconds=60)["failed"]) == 2
+    got = summary(conn, known, lost.id)
+    assert got["status"] == "partial" and got["windows"]["failed"] == 2 and got["windows"]["left"] == 0
+    assert all("re-queued 3 times" in e["error"] for e in got["errors"])
     conn.close()

@@ -69,14 +69,14 @@ def test_backfill_of_both_sources_survives_a_sigkill_and_a_second_one_writes_not
     per_dataset = table(db_conn, "SELECT d.name, count(*), count(DISTINCT q.asset_id) FROM quotes q JOIN datasets d "
                                  "ON d.id = q.dataset_id WHERE d.endpoint IN ('market_chart', 'historical') "
                                  "GROUP BY 1 ORDER BY 1")
-    assert per_dataset == [("coingecko:market_chart", 6 * 365, 6), ("coinpaprika:historical", 6 * 365, 6)]
+    assert per_dataset == [("coingecko:market_chart:1d", 6 * 365, 6), ("coinpaprika:historical:1d", 6 * 365, 6)]
     for prefix in ("/api/v3/coins/", "/v1/tickers/"):
         sent = fake_upstream.requests_to(prefix)
         assert _rate_held(sent, RATE), prefix
         span = max(r[0] for r in sent) - min(r[0] for r in sent)
         print(f"{prefix}: {len(sent)} requests in {span:.1f}s = {(len(sent) - 1) / span * 60:.1f}/min (limit {RATE})")
     # coverage: no gaps on the daily grid
-    cover = client.get(f"/api/v1/assets/coin-3/coverage?dataset=coinpaprika:historical&interval=1d"
+    cover = client.get(f"/api/v1/assets/coin-3/coverage?dataset=coinpaprika:historical:1d&interval=1d"
                        f"&since={_day(364)}&until={_day(0)}").get_json()
     assert cover["missing"] == 0 and cover["gaps"] == [] and cover["expected"] == 364
     # a second identical backfill: every row already there, nothing written
@@ -116,3 +116,33 @@ def test_bad_backfill_requests(client, db_conn):
     bad = client.post("/api/v1/backfills", json={"assets": ["x"], "since": "yesterday"}, headers=AUTH)
     assert bad.status_code == 422
     assert client.get("/api/v1/backfills/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+def test_windows_whose_queue_messages_were_lost_are_requeued_by_the_reaper(client, test_env, worker, fake_upstream,
+                                                                           db_conn, redis):
+    from crypto_app.broker import send_task
+    from crypto_app.celery_settings import BACKFILL_TASK
+    from crypto_app.pipeline.backfill_reaper import requeue_stalled_windows
+
+    _known(test_env, fake_upstream, 2)
+    created = client.post("/api/v1/backfills", json={"assets": ["coin-1", "coin-2"], "since": _day(20)},
+                          headers=AUTH)
+    assert created.status_code == 202, created.get_json()
+    location = created.headers["Location"]
+    redis.flushdb()                      # no worker has taken them yet: the queued messages are gone
+    worker(concurrency=1, env=fake_upstream.env())
+    assert client.get(location).get_json()["windows"]["pending"] == 4
+    with db_conn.cursor() as cur:        # as if BACKFILL_STALL_SECONDS had passed
+        cur.execute("UPDATE backfill_windows SET touched_at = now() - interval '1 hour'")
+    db_conn.commit()
+    with client.application.app_context():
+        conn = __import__("psycopg2").connect(client.application.config["SETTINGS"].libpq_url)
+        try:
+            got = requeue_stalled_windows(conn, lambda window_id: send_task(
+                BACKFILL_TASK, {"window_id": window_id}, f"backfill-window-{window_id}"), stall_seconds=600)
+        finally:
+            conn.close()
+    assert len(got["requeued"]) == 4
+    done = wait_for(_finished(client, location), timeout=60, message="the re-queued backfill to finish")
+    assert done["status"] == "succeeded" and done["windows"]["done"] == 4
+    assert table(db_conn, "SELECT max(requeues) FROM backfill_windows") == [(1,)]

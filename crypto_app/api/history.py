@@ -14,6 +14,11 @@ rows never mix with another dataset's in a candle. A candle says where it comes 
   `volume_usd` is null, because a rolling 24h volume cannot be summed.
 In both, `volume_24h_usd` and `market_cap_usd` are the last values in the bucket. Buckets start on
 multiples of the interval from Monday 2000-01-03 00:00 UTC (so weeks start on Mondays).
+
+`final` (history datasets of the APIs, `<source>:market_chart|historical:<interval>`; null elsewhere):
+a point is final unless stored with the flag `provisional` (younger than the source's finality delay,
+or CoinGecko's "now" point); a candle is final when its bucket has closed plus the source's finality
+delay (CoinGecko: the previous UTC day is final at 00:10 UTC) and none of its rows is provisional.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.types import Interval
 
 from ..extensions import db
+from ..pipeline.backfill_plan import ENDPOINTS, FINALITY, PROVISIONAL
 from .fastdump import FastDumper
 from .schemas import Money, SourceField, UtcDateTime
 
@@ -58,7 +64,8 @@ _BUCKETS = """
            (array_agg(price_usd ORDER BY observed_at DESC))[1] AS close,
            (array_agg(market_cap_usd ORDER BY observed_at DESC))[1] AS market_cap_usd,
            (array_agg(volume_24h_usd ORDER BY observed_at DESC))[1] AS volume_24h_usd,
-           sum(volume_24h_usd) AS volume_sum, count(volume_24h_usd) AS volumes, count(*) AS samples
+           sum(volume_24h_usd) AS volume_sum, count(volume_24h_usd) AS volumes, count(*) AS samples,
+           bool_or(coalesce(flags, '{}'::text[]) @> ARRAY['provisional']) AS provisional_rows
 """ + ROWS_OF_DATASET + " GROUP BY bucket ORDER BY bucket LIMIT :limit"
 CANDLES_SQL = text("""
     SELECT source, dataset, bucket, CASE WHEN native THEN 'source' ELSE 'observed' END AS from_,
@@ -66,7 +73,7 @@ CANDLES_SQL = text("""
            CASE WHEN native THEN s_high ELSE o_high END AS high,
            CASE WHEN native THEN s_low ELSE o_low END AS low,
            close, market_cap_usd, volume_24h_usd,
-           CASE WHEN native AND volumes = samples THEN volume_sum END AS volume_usd, samples
+           CASE WHEN native AND volumes = samples THEN volume_sum END AS volume_usd, samples, provisional_rows
     FROM (SELECT d.source, d.name AS dataset, q.*,
                  (q.ohlc AND d.native_interval IS NOT NULL AND d.native_interval <= :step
                   AND mod(extract(epoch FROM :step)::numeric, extract(epoch FROM d.native_interval)::numeric) = 0)
@@ -104,8 +111,14 @@ class PointSchema(ma.Schema):
     low_usd = Money("Low of the source's period, when it gives one")
     market_cap_usd = Money("Market cap in USD")
     volume_24h_usd = Money("24h volume in USD (a candle file's volume of its own period)")
-    flags = fields.List(fields.String(), metadata={"description": "Soft plausibility rules the row tripped; [] if none"})
-    run_id = fields.UUID()
+    flags = fields.List(fields.String(), metadata={
+        "description": "Soft plausibility rules the row tripped, and `provisional` for a history point not final "
+                       "yet; [] if none"})
+    run_id = fields.UUID(metadata={"description": "The run that stored the row; for a history dataset's row, the "
+                                                  "backfill's id (GET /api/v1/backfills/{run_id})"})
+    final = fields.Boolean(allow_none=True, metadata={
+        "description": "History datasets: false while the point is provisional (not final at the source yet); "
+                       "null for other datasets"})
 
 
 class CandleSchema(ma.Schema):
@@ -124,6 +137,9 @@ class CandleSchema(ma.Schema):
     volume_24h_usd = Money("Last volume value in the bucket")
     volume_usd = Money("With from=source: the sum of the source candles' volumes; null with from=observed")
     samples = fields.Integer(metadata={"description": "Rows in the bucket"})
+    final = fields.Boolean(allow_none=True, metadata={
+        "description": "History datasets: the bucket has closed plus the source's finality delay and no row in it "
+                       "is provisional; null for other datasets"})
 
 
 class HistorySchema(ma.Schema):
@@ -153,8 +169,32 @@ def asset_history(asset, args: dict) -> dict:
     out = {"asset_id": asset.id, "slug": asset.slug, "symbol": asset.symbol, "interval": interval,
            "source": args.get("source"), "dataset": args.get("dataset"), "since": since, "until": until,
            "truncated": len(rows) > args["limit"]}
-    out["points" if interval == "raw" else "candles"] = rows[: args["limit"]]
+    now = datetime.now(timezone.utc)
+    if interval == "raw":
+        out["points"] = [{**row, "final": _point_final(row)} for row in rows[: args["limit"]]]
+    else:
+        step = INTERVALS[interval]
+        out["candles"] = [{**row, "final": _candle_final(row, step, now)} for row in rows[: args["limit"]]]
     return out
+
+
+def _finality(row):
+    """The source's finality delay when the row's dataset is a history dataset, else None."""
+    parts = row["dataset"].split(":")
+    if len(parts) == 3 and ENDPOINTS.get(parts[0]) == parts[1]:
+        return FINALITY[parts[0]]
+    return None
+
+
+def _point_final(row) -> bool | None:
+    return None if _finality(row) is None else PROVISIONAL not in (row["flags"] or [])
+
+
+def _candle_final(row, step: timedelta, now: datetime) -> bool | None:
+    delay = _finality(row)
+    if delay is None:
+        return None
+    return not row["provisional_rows"] and row["bucket"] + step + delay <= now
 
 
 POINTS = FastDumper(PointSchema())

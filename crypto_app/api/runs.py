@@ -11,7 +11,7 @@ import marshmallow as ma
 from flask import url_for
 from flask_smorest import Blueprint
 from marshmallow import fields, validate
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from ..config import SOURCES
 from ..extensions import db
@@ -150,6 +150,12 @@ def get_one(args, run_id):
     """One run, with its rejected records"""
     run = get_run(run_id)
     if run is None:
+        # rows of the history datasets carry their backfill's id as run_id (backfills are not etl_runs)
+        if db.session.execute(text("SELECT 1 FROM backfills WHERE id = :id"), {"id": str(run_id)}).first():
+            location = url_for("backfills.get_backfill", backfill_id=run_id)
+            raise ApiError(404, f"No run {run_id}: it is a backfill's id (rows of history datasets carry their "
+                                f"backfill's id as run_id); see GET {location}.",
+                           {"backfill_id": str(run_id), "location": location})
         raise ApiError(404, f"No run {run_id}.")
     run.rejected_records = list(db.session.scalars(
         select(RejectedRecord).where(RejectedRecord.run_id == run.id).order_by(RejectedRecord.id)

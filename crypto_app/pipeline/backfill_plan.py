@@ -32,6 +32,7 @@ from ..sources.history import INTERVALS
 FINALITY = {"coingecko": coingecko_history.FINALITY_DELAY, "coinpaprika": coinpaprika_history.FINALITY_DELAY}
 WINDOW_SIZES = {"coingecko": coingecko_history.window_size, "coinpaprika": coinpaprika_history.window_size}
 ENDPOINTS = {"coingecko": "market_chart", "coinpaprika": "historical"}
+PROVISIONAL = "provisional"      # the flag of a stored point that is not final yet (replaced when it is)
 PLAN_LOCK = "cryptoflow:backfill-plan"
 
 
@@ -77,6 +78,16 @@ class Plan:
         return sum(1 for w in self.windows if w.status == "pending")
 
 
+def history_dataset(source: str, interval: str) -> str:
+    """The dataset of a history source at an interval: daily and hourly points never share one."""
+    return f"{source}:{ENDPOINTS[source]}:{interval}"
+
+
+def newest_final(now: datetime, step: timedelta, source: str) -> datetime:
+    """The newest grid point of `source` at `step` whose finality delay has passed at `now`."""
+    return floor_to(now - FINALITY[source], step)
+
+
 def floor_to(moment: datetime, step: timedelta) -> datetime:
     seconds = int(step.total_seconds())
     return datetime.fromtimestamp(int(moment.timestamp()) // seconds * seconds, timezone.utc)
@@ -100,8 +111,10 @@ def plan_backfill(conn, settings, request: dict, now: datetime | None = None) ->
     gaps_of = request.get("gaps_of")
     if gaps_of:
         return _plan_gaps(conn, settings, request, gaps_of, step, now)
-    since = floor_to(_utc(request["since"]), step)
-    until = final_until(now, step, sources, request.get("until"))
+    provisional = bool(request.get("provisional"))
+    # keep-current (provisional) starts just after the newest final point and reaches the current bucket
+    since = _utc(request["since"]) if provisional else floor_to(_utc(request["since"]), step)
+    until = floor_to(now, step) + step if provisional else final_until(now, step, sources, request.get("until"))
     if since >= until:
         raise PlanError(f"nothing to fill: since {since.isoformat()} is not before until {until.isoformat()} "
                         "(only final points are backfilled)")
@@ -137,12 +150,13 @@ def _plan_gaps(conn, settings, request: dict, gaps_of: dict, step: timedelta, no
                 request=_jsonable({**request, "gaps_of": _jsonable(gaps_of)}))
     pairs = _pairs(conn, {"assets": [gaps_of["asset"]]}, [source], plan)
     asset_id, asset, _, external_id = pairs[0]
-    found = coverage(conn, asset_id, step, since, until, dataset=f"{source}:{ENDPOINTS[source]}")
+    name = history_dataset(source, plan.interval)
+    found = coverage(conn, asset_id, step, since, until, dataset=name)
     for gap in found["gaps"]:
         plan.windows.extend(_windows(settings, source, asset_id, asset, external_id, gap["first"],
                                      gap["last"] + step, step, now))
     if not plan.windows:
-        raise PlanError(f"nothing to fill: {asset} has no gaps in {source}:{ENDPOINTS[source]} between "
+        raise PlanError(f"nothing to fill: {asset} has no gaps in {name} between "
                         f"{since.isoformat()} and {until.isoformat()}")
     return plan
 
@@ -219,13 +233,15 @@ def _interval_name(step: timedelta) -> str:
 
 
 def create_backfill(conn, plan: Plan, trigger: str = "api") -> None:
-    """Store the plan (one transaction); BackfillConflict if a going backfill fills the same
-    asset/source/interval over an overlapping range."""
+    """Store the plan (one transaction); BackfillConflict if a running backfill covers the same
+    asset/source/interval over an overlapping range (any of its windows, whatever their state: a
+    running backfill still owns the range it was asked for)."""
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (PLAN_LOCK,))
         cur.execute("SELECT w.backfill_id, a.slug, w.source FROM backfill_windows w JOIN assets a ON a.id = w.asset_id "
+                    "JOIN backfills b ON b.id = w.backfill_id AND b.status = 'running' "
                     "WHERE w.asset_id = ANY(%s) AND w.source = ANY(%s) AND w.interval = %s "
-                    "AND w.status IN ('pending', 'running') AND w.starts_at < %s AND w.ends_at > %s LIMIT 1",
+                    "AND w.starts_at < %s AND w.ends_at > %s ORDER BY b.created_at LIMIT 1",
                     (sorted({w.asset_id for w in plan.windows}), plan.sources, plan.interval, plan.until, plan.since))
         row = cur.fetchone()
         if row is not None:

@@ -20,12 +20,15 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+from datetime import datetime, timezone
+
 import psycopg2
 
 from ..coordination import RateLimiter, redis_client
 from ..sources import build_history_source
 from ..sources.base import PermanentSourceError, TransientSourceError
-from ..sources.history import Unavailable
+from ..sources.history import INTERVALS, Unavailable
+from .backfill_plan import PROVISIONAL, newest_final
 from .datasets import DatasetRegistry
 from .identity import IdentityResolver, load_overrides
 from .ingest import RateLimitWait, backoff_seconds, make_throttle, transform
@@ -36,10 +39,11 @@ log = logging.getLogger(__name__)
 
 _CLAIM = """
 UPDATE backfill_windows w SET status = 'running', attempts = attempts + 1,
-       started_at = coalesce(w.started_at, now())
+       touched_at = now(), started_at = coalesce(w.started_at, now())
 FROM backfills b
 WHERE w.id = %s AND b.id = w.backfill_id AND w.status IN ('pending', 'running') AND b.status = 'running'
-RETURNING w.backfill_id, w.source, w.asset_id, w.external_id, w.interval, w.starts_at, w.ends_at
+RETURNING w.backfill_id, w.source, w.asset_id, w.external_id, w.interval, w.starts_at, w.ends_at,
+          coalesce((b.request->>'provisional')::boolean, false)
 """
 
 _FINISH_BACKFILL = """
@@ -105,7 +109,7 @@ def _run(settings, conn, identity_conn, window_id: int, failures: int) -> Window
         cur.execute("SELECT symbol, name FROM assets WHERE id = %s", (claimed[2],))
         symbol, name = cur.fetchone()
     conn.commit()
-    backfill_id, source_name, asset_id, external_id, interval, starts_at, ends_at = claimed
+    backfill_id, source_name, asset_id, external_id, interval, starts_at, ends_at, provisional = claimed
     backfill_id = str(backfill_id)
     ctx = {"backfill_id": backfill_id, "window_id": window_id, "source": source_name, "asset": external_id}
     statuses: Counter = Counter()
@@ -116,7 +120,7 @@ def _run(settings, conn, identity_conn, window_id: int, failures: int) -> Window
     source.throttle = make_throttle(limiter, settings.rate_limit_max_sleep_seconds, {})
     identity = {"symbol": symbol, "name": name}
     try:
-        batch = source.fetch_window(external_id, starts_at, ends_at, interval, identity)
+        batch = source.fetch_window(external_id, starts_at, ends_at, interval, identity, provisional=provisional)
     except RateLimitWait as wait:
         _set(conn, window_id, "pending", None, 0)
         return WindowStep(window_id, "pending", retry_in=max(1, math.ceil(wait.seconds)), failures=failures)
@@ -144,13 +148,23 @@ def _run(settings, conn, identity_conn, window_id: int, failures: int) -> Window
     checks = PlausibilityCheck(settings.plausibility, source_name, identity_conn)
     rows, rejections, _quality = transform(source, resolver, batch, checks, dataset.id)
     requests = sum(statuses.values())
+    final_until = newest_final(datetime.now(timezone.utc), INTERVALS[interval], source_name)
+    for row in rows:                    # younger than the newest final grid point: not final yet
+        if row["observed_at"] > final_until:
+            row["flags"] = sorted({*(row.get("flags") or []), PROVISIONAL})
 
     def mark_done(cur, result):
         cur.execute("UPDATE backfill_windows SET status = 'done', error = NULL, finished_at = now(), "
+                    "touched_at = now(), "
                     "requests = requests + %s, fetched = %s, inserted = %s, updated = %s, unchanged = %s, "
                     "rejected = %s WHERE id = %s",
                     (requests, len(batch.records) + len(batch.invalid), result.inserted, result.updated,
                      result.unchanged, len(rejections), window_id))
+        if rows:                        # provisional rows older than what this window stored are superseded
+            cur.execute("DELETE FROM quotes WHERE asset_id = %s AND dataset_id = %s AND %s = ANY(flags) "
+                        "AND observed_at < %s AND observed_at <> ALL(%s)",
+                        (asset_id, dataset.id, PROVISIONAL, max(r["observed_at"] for r in rows),
+                         [r["observed_at"] for r in rows]))
 
     load_batch(conn, LoadBatch(
         run_id=backfill_id, source=source_name, rows=rows, dataset_id=dataset.id,
@@ -165,7 +179,7 @@ def _run(settings, conn, identity_conn, window_id: int, failures: int) -> Window
 
 def _set(conn, window_id: int, status: str, error: str | None, requests: int) -> None:
     with conn.cursor() as cur:
-        cur.execute("UPDATE backfill_windows SET status = %s, error = coalesce(%s, error), "
+        cur.execute("UPDATE backfill_windows SET status = %s, error = coalesce(%s, error), touched_at = now(), "
                     "requests = requests + %s WHERE id = %s AND status IN ('pending', 'running')",
                     (status, error, requests, window_id))
     conn.commit()
@@ -173,7 +187,7 @@ def _set(conn, window_id: int, status: str, error: str | None, requests: int) ->
 
 def _end(conn, backfill_id, window_id, status, error, statuses, failures) -> WindowStep:
     with conn.cursor() as cur:
-        cur.execute("UPDATE backfill_windows SET status = %s, error = %s, finished_at = now(), "
+        cur.execute("UPDATE backfill_windows SET status = %s, error = %s, finished_at = now(), touched_at = now(), "
                     "requests = requests + %s WHERE id = %s AND status IN ('pending', 'running')",
                     (status, error[:1000], sum(statuses.values()), window_id))
     conn.commit()

@@ -76,6 +76,10 @@ def spec_for(source, locator: dict, config: dict) -> DatasetSpec:
     """The dataset of a batch of `source` read at `locator`."""
     if source.name != "csv":
         endpoint = getattr(source, "endpoint", None) or "default"
+        interval = locator.get("interval") if getattr(source, "dataset_per_interval", False) else None
+        if interval:        # a history endpoint: its daily and hourly points are separate datasets
+            return DatasetSpec(name=f"{source.name}:{endpoint}:{interval}", source=source.name, endpoint=endpoint,
+                               interval=INTERVALS.get(interval))
         return DatasetSpec(name=f"{source.name}:{endpoint}", source=source.name, endpoint=endpoint)
     file = locator.get("file") or "unknown-file"
     entry = config.get(file) or {}

@@ -13,7 +13,7 @@ Points    the three series are joined by timestamp; points may arrive out of ord
           timestamps (the last one wins); a null value stays null (validation rejects a null price with
           its reason; a null market cap or volume is stored as unknown).
 Reach     public/demo plans serve the past 365 days (COINGECKO_HISTORY_DAYS); see sources/history.py.
-Dataset   coingecko:market_chart
+Dataset   coingecko:market_chart:<interval> (1d and 1h points never share a dataset)
 """
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ def merge_points(body: dict) -> list[dict]:
 class CoinGeckoHistorySource(Source):
     name = "coingecko"
     endpoint = "market_chart"
+    dataset_per_interval = True
 
     def client(self) -> HttpClient:
         s = self.settings
@@ -68,7 +69,9 @@ class CoinGeckoHistorySource(Source):
                           throttle=self.throttle, on_http_status=self.on_http_status, name=self.name)
 
     def fetch_window(self, external_id: str, start: datetime, end: datetime, interval: str,
-                     identity: dict | None = None, now: datetime | None = None) -> Batch:
+                     identity: dict | None = None, now: datetime | None = None, provisional: bool = False) -> Batch:
+        """`provisional`: also keep the answer's last point when it is "now" (off the daily grid): the
+        caller stores it flagged provisional, until the final point replaces it."""
         start, end, step = utc(start), utc(end), INTERVALS[interval]
         now = now or datetime.now(timezone.utc)
         frm = start
@@ -92,9 +95,11 @@ class CoinGeckoHistorySource(Source):
         if not isinstance(body, dict) or "prices" not in body:
             raise PermanentSourceError(f"coingecko sent no prices on {path}: {http.mask(repr(body)[:200])}")
         records = []
-        for point in merge_points(body):
+        points = merge_points(body)
+        for point in points:
             moment = datetime.fromtimestamp(point["t"] / 1000, timezone.utc)
-            if start <= moment < end and (interval != "1d" or aligned(moment, step)):
+            now_point = provisional and point is points[-1]
+            if start <= moment < end and (interval != "1d" or aligned(moment, step) or now_point):
                 records.append({"id": external_id, **(identity or {}), **point})
         locator = {"path": path, "from": params["from"], "to": params["to"], "interval": interval}
         return Batch(records=records, raw=body, locator=locator, next_cursor={}, content_hash=content_hash(raw),

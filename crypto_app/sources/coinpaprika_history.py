@@ -8,7 +8,7 @@ Windows   at most LIMIT (5000) points per request, and at most 365 days (one req
           Only points inside [start, end) are kept.
 Reach     the free plan serves daily data for the last year and hourly data for the last day; anything
           beyond answers 402, and the window is marked `unavailable` with CoinPaprika's message.
-Dataset   coinpaprika:historical
+Dataset   coinpaprika:historical:<interval> (1d and 1h points never share a dataset)
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def rfc3339(moment: datetime) -> str:
 class CoinPaprikaHistorySource(Source):
     name = "coinpaprika"
     endpoint = "historical"
+    dataset_per_interval = True
 
     def client(self) -> HttpClient:
         key = self.settings.coinpaprika_api_key
@@ -46,7 +47,9 @@ class CoinPaprikaHistorySource(Source):
                           throttle=self.throttle, on_http_status=self.on_http_status, name=self.name)
 
     def fetch_window(self, external_id: str, start: datetime, end: datetime, interval: str,
-                     identity: dict | None = None, now: datetime | None = None) -> Batch:
+                     identity: dict | None = None, now: datetime | None = None, provisional: bool = False) -> Batch:
+        """`provisional` changes nothing here: CoinPaprika answers grid points only (the caller flags
+        those younger than the finality delay)."""
         start, end = utc(start), utc(end)
         path = PATH.format(id=external_id)
         # `end` is inclusive upstream: ask up to the last second before the window's end

@@ -59,6 +59,8 @@ def upgrade():
             error text,
             started_at timestamptz,
             finished_at timestamptz,
+            touched_at timestamptz NOT NULL DEFAULT now(),   -- last state change (the stall reaper reads it)
+            requeues integer NOT NULL DEFAULT 0,              -- times the reaper re-queued it (lost messages)
             CHECK (starts_at < ends_at)
         )
     """)
