@@ -49,6 +49,7 @@ _REQUEST_ID = "\x00cryptoflow:request_id\x00"
 _LATENCY = "\x00cryptoflow:latency\x00"
 _SLOTS = {json.dumps(_REQUEST_ID).encode(): "request_id", json.dumps(_LATENCY).encode(): "latency"}
 CACHE_CONTROL = "no-cache"  # clients may keep a copy, and revalidate it with If-None-Match
+LAYER_VERSION = "cryptoflow.read_cache_version"  # environ key: the version the WSGI layer read (a miss)
 
 VERSION_SQL = "SELECT version FROM data_version WHERE id = 1"
 # Prepared once per connection: parsing and planning would otherwise cost more than the lookup itself.
@@ -176,22 +177,27 @@ class Entry:
         digest.update(body[start:])
         return cls(tuple(p for p in parts if p != b""), status, digest.hexdigest(), len(body))
 
+    def body(self, request_id, latency_ms) -> bytes:
+        """The body with this request's id and latency (`latency_ms()`, called once if there is a slot)."""
+        latency = None
+        chunks = []
+        for part in self.parts:
+            if part == "request_id":
+                chunks.append(json.dumps(request_id).encode())
+            elif part == "latency":
+                if latency is None:
+                    latency = json.dumps(latency_ms()).encode()
+                chunks.append(latency)
+            else:
+                chunks.append(part)
+        return b"".join(chunks)
+
     def response(self) -> Response:
         if request.if_none_match and request.if_none_match.contains_weak(self.etag):
             response = Response(status=304)
         else:
-            latency = None
-            chunks = []
-            for part in self.parts:
-                if part == "request_id":
-                    chunks.append(json.dumps(getattr(g, "request_id", None)).encode())
-                elif part == "latency":
-                    if latency is None:
-                        latency = json.dumps(_latency_ms()).encode()
-                    chunks.append(latency)
-                else:
-                    chunks.append(part)
-            response = Response(b"".join(chunks), status=self.status, mimetype="application/json")
+            response = Response(self.body(getattr(g, "request_id", None), _latency_ms), status=self.status,
+                                mimetype="application/json")
         response.set_etag(self.etag, weak=True)
         response.headers["Cache-Control"] = CACHE_CONTROL
         return response
@@ -303,12 +309,19 @@ def register(app) -> None:
         if when is None or request.method not in ("GET", "HEAD") or not cache.responses.enabled \
                 or not when(request):
             return None
+        if LAYER_VERSION in request.environ:  # the WSGI layer (cachelayer.py) read it and found no entry
+            g.read_cache_version = request.environ[LAYER_VERSION]
+            return None
         version = cache.versions.read()
         g.read_cache_version = version
         if version is None:
             return None
         entry = cache.responses.get(version, request_key())
         return entry.response() if entry is not None else None
+
+    from .cachelayer import CachedReads
+
+    app.wsgi_app = CachedReads(app, app.wsgi_app)  # hits answered before Flask routes the request
 
 
 CACHEABLE: dict[str, object] = {}  # endpoint -> when(request)
@@ -320,9 +333,11 @@ def cacheable(endpoint: str, when=None) -> None:
     CACHEABLE[endpoint] = when or (lambda req: True)
 
 
-def request_key() -> tuple:
-    # Parameters sorted by name; repeated names keep their order (the first one is the one parsed).
-    return request.path, tuple(sorted(request.args.items(multi=True), key=lambda item: item[0]))
+def request_key(req=None) -> tuple:
+    """(path, parameters) of `req` (default: the current request). Parameters sorted by name; repeated
+    names keep their order (the first one is the one parsed)."""
+    req = req or request
+    return req.path, tuple(sorted(req.args.items(multi=True), key=lambda item: item[0]))
 
 
 def serve(payload_fn) -> Response:
