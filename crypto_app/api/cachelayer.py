@@ -44,6 +44,7 @@ class CachedReads:
         self.app = app
         self.wsgi_app = wsgi_app
         self.enabled = True  # tests turn it off to compare with the answers Flask gives
+        self.served = 0  # answers given here (for tests: not a metric, increments may race across threads)
         self.cache: readcache.ReadCache = app.extensions[readcache.EXTENSION]
         self._routes: dict[str, tuple | None] = {}
         self._duration, self._total = http_metrics(app)
@@ -96,6 +97,7 @@ class CachedReads:
             headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("ETag", etag),
                        ("Cache-Control", readcache.CACHE_CONTROL), ("X-Request-ID", request_id)]
         method = environ["REQUEST_METHOD"]
+        self.served += 1
         start_response(_STATUS_LINES.get(status) or f"{status} {_reason(status)}", headers)
         elapsed = time.perf_counter() - started
         self._duration.labels(method=method, url_rule=url_rule, status=status).observe(elapsed)
