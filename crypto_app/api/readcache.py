@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import psycopg2
 from flask import Response, current_app, g, request
 
+from .fastjson import dumps_compact, dumps_value
+
 log = logging.getLogger(__name__)
 EXTENSION = "cryptoflow_read_cache"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -153,7 +155,7 @@ class Entry:
             meta["request_id"] = _REQUEST_ID
         if "api_latency_ms" in meta:
             meta["api_latency_ms"] = _LATENCY
-        meta_text = current_app.json.dumps(meta, separators=(",", ":"))
+        meta_text = json_text(meta)[:-1]  # compact mode (the caller checked compact_json()), no newline
         return cls.from_text('{"data":[' + ",".join(rows) + '],"metadata":' + meta_text + "}\n")
 
     @classmethod
@@ -183,10 +185,10 @@ class Entry:
         chunks = []
         for part in self.parts:
             if part == "request_id":
-                chunks.append(json.dumps(request_id).encode())
+                chunks.append(dumps_value(request_id))
             elif part == "latency":
                 if latency is None:
-                    latency = json.dumps(latency_ms()).encode()
+                    latency = dumps_value(latency_ms())
                 chunks.append(latency)
             else:
                 chunks.append(part)
@@ -211,10 +213,15 @@ def compact_json() -> bool:
 
 
 def json_text(payload) -> str:
-    """The JSON text Flask's provider would send for `payload` (same options, same trailing newline)."""
+    """The JSON text Flask's provider would send for `payload` (same options, same trailing newline);
+    in compact mode written by orjson where its text is the same (fastjson.py)."""
     provider = current_app.json
     if (provider.compact is None and current_app.debug) or provider.compact is False:
         return provider.dumps(payload, indent=2) + "\n"
+    if provider.sort_keys and provider.ensure_ascii:
+        text = dumps_compact(payload, provider.default)
+        if text is not None:
+            return text + "\n"
     return provider.dumps(payload, separators=(",", ":")) + "\n"
 
 
