@@ -161,3 +161,29 @@ def test_hits_from_the_layer_are_counted_and_logged(client, layer, market, caplo
     assert lines["layer-hit"].status == 200 and lines["layer-hit"].path == "/api/v1/data"
     assert lines["layer-hit"].method == "GET" and isinstance(lines["layer-hit"].duration_ms, float)
     assert lines["layer-304"].status == 304
+
+
+def test_pages_read_on_the_version_connection_equal_those_read_through_sqlalchemy(settings, client, layer, db_conn,
+                                                                                   market):
+    """With the cache on, an uncached page runs its one statement on the connection the version was read on;
+    with the cache off, through SQLAlchemy's session (as before). Same bodies."""
+    from crypto_app import create_app
+    from crypto_app.api.readcache import EXTENSION
+    from crypto_app.extensions import db
+
+    ada = d.asset(db_conn, "cardano", "ADA", "Cardano ₳", {"coingecko": "cardano"})
+    d.latest(db_conn, ada, "coingecko", "0.00000001", market["run_id"], market_cap=None)
+    uncached = create_app({"TESTING": True, "READ_CACHE_MAX_BYTES": 0}, settings=settings)
+    try:
+        other = uncached.test_client()
+        cursor = client.get("/api/v1/data?limit=1").get_json()["metadata"]["next_cursor"]
+        for url in ("/api/v1/data", "/api/v1/data?limit=1", f"/api/v1/data?cursor={cursor}", "/api/v1/data?offset=1",
+                    "/api/v1/data?symbol=ada,btc", "/api/v1/data?source=coingecko&limit=2", "/data?page_size=2",
+                    "/api/v1/data?since=2100-01-01T00:00:00Z"):
+            fast, slow = client.get(url, headers={"X-Request-ID": "x"}), other.get(url, headers={"X-Request-ID": "x"})
+            assert fast.status_code == slow.status_code == 200, url
+            assert LATENCY.sub(b"", fast.data) == LATENCY.sub(b"", slow.data), url
+    finally:
+        with uncached.app_context():
+            db.engine.dispose()
+        uncached.extensions[EXTENSION].versions.close()

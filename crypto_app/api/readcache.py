@@ -114,6 +114,27 @@ class VersionReader:
                 return None
         return None
 
+    def query(self, sql: str, params: dict) -> list[dict] | None:
+        """The rows (as dicts) of one read-only statement on the connection this thread just read the
+        version on: no pool checkout, ping, BEGIN nor ROLLBACK around it. None when this thread has no
+        such connection or the statement fails: the caller then runs it through SQLAlchemy, whose errors
+        the API answers as it always did."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            return None
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                names = [column.name for column in cur.description]
+                return [dict(zip(names, row)) for row in cur.fetchall()]
+        except psycopg2.Error as exc:
+            log.info("read connection query failed; retried through SQLAlchemy",
+                     extra={"error": exc.__class__.__name__})
+            if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+                conn.close()
+                self._local.conn = None
+            return None
+
     def close(self) -> None:
         with self._lock:
             for conn in self._connections:
@@ -345,6 +366,14 @@ def request_key(req=None) -> tuple:
     names keep their order (the first one is the one parsed)."""
     req = req or request
     return req.path, tuple(sorted(req.args.items(multi=True), key=lambda item: item[0]))
+
+
+def query(sql: str, params: dict) -> list[dict] | None:
+    """VersionReader.query() when this request read the version (so its thread's connection has just
+    answered), else None: run it through SQLAlchemy."""
+    if getattr(g, "read_cache_version", None) is None:
+        return None
+    return current_app.extensions[EXTENSION].versions.query(sql, params)
 
 
 def serve(payload_fn) -> Response:
