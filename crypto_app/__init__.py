@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Flask
 
 from .api import docs_assets
-from .api.readcache import NO_JIT
+from .api.readconn import NO_JIT
 from .config import Settings, load_settings
 from .extensions import api as rest_api, db, migrate
 from .logs import configure_logging
