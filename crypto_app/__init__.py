@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Flask
 
 from .api import docs_assets
+from .api.readconn import NO_JIT
 from .config import Settings, load_settings
 from .extensions import api as rest_api, db, migrate
 from .logs import configure_logging
@@ -18,7 +19,7 @@ def create_app(test_config: dict | None = None, settings: Settings | None = None
         SETTINGS=settings,
         SQLALCHEMY_DATABASE_URI=_sqlalchemy_url(settings.database_url),
         SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10,
-                                   "connect_args": {"connect_timeout": 5}},
+                                   "connect_args": {"connect_timeout": 5, "options": NO_JIT}},
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         API_TITLE="cryptoflow",
         API_VERSION="v1",

@@ -183,7 +183,7 @@ def asset_detail(asset_ref: str) -> dict:
 @blp.doc(responses=readcache.DOC_304)
 def history(args, asset_ref):
     """Price history of one asset"""
-    return readcache.serve(lambda: history_payload(find_asset(asset_ref), args))
+    return readcache.serve(lambda: history_payload(asset_ref, args))
 
 
 ASSET_LIST_SCHEMA = AssetListSchema()

@@ -18,9 +18,7 @@ def register(app) -> None:
     @app.before_request
     def _start():
         g.request_started = time.perf_counter()
-        incoming = request.headers.get("X-Request-ID", "")
-        # keep a caller's id when it is a plain token; anything else (spaces, newlines...) is replaced
-        g.request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = request_id_for(request.headers.get("X-Request-ID", ""))
         if "\x00" in request.path or any("\x00" in key + value for key, value in request.args.items(multi=True)):
             from .errors import ApiError  # PostgreSQL text cannot hold NUL: refuse it here, not with a 500
 
@@ -49,9 +47,20 @@ def register(app) -> None:
             response.headers["X-Request-ID"] = request_id
         started = getattr(g, "request_started", None)
         duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
-        log.info("request", extra={
-            "request_id": request_id, "method": request.method, "path": request.path,
-            "status": response.status_code, "duration_ms": duration_ms,
-            "remote_addr": request.remote_addr,
-        })
+        log_request(request_id, request.method, request.path, response.status_code, duration_ms,
+                    request.remote_addr)
         return response
+
+
+def request_id_for(incoming: str) -> str:
+    """The request's id: a caller's X-Request-ID when it is a plain token; anything else (spaces,
+    newlines...) is replaced by a new one."""
+    return incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+
+
+def log_request(request_id, method: str, path: str, status: int, duration_ms, remote_addr) -> None:
+    """The access log line: one per request, also for those answered by the read-cache layer."""
+    log.info("request", extra={
+        "request_id": request_id, "method": method, "path": path,
+        "status": status, "duration_ms": duration_ms, "remote_addr": remote_addr,
+    })

@@ -270,23 +270,24 @@ def quote_page_body(args: dict, default_size: int, dumper: FastDumper | None = N
     # the maintained count is read by the page's statement (an InitPlan, run once), in the same snapshot
     extra = f", ({maintained}) AS maintained_total" if maintained is not None else ""
     sql = page_sql(args, win, select_list, params, extra, lateral)
-    rows = db.session.connection().exec_driver_sql(sql, params).fetchall()
+    rows = readcache.query(sql, params)  # on the connection the version was read on, when there is one
+    if rows is None:
+        rows = [row._mapping for row in db.session.connection().exec_driver_sql(sql, params).fetchall()]
     has_more = len(rows) > win.size
     rows = rows[: win.size]
     next_cursor = None
     if has_more and rows:
-        last = rows[-1]._mapping
+        last = rows[-1]
         next_cursor = encode_cursor(str(last["sort_key"]), last["k_asset"], last["k_dataset"])
     if maintained is not None and not rows:
         maintained = db.session.connection().exec_driver_sql(maintained, params).scalar()
     elif maintained is not None:
-        maintained = rows[0]._mapping["maintained_total"]
+        maintained = rows[0]["maintained_total"]
     total, exact = page_total(args, win, len(rows), has_more, maintained)
     meta = list_metadata(win, total, exact, has_more, next_cursor)
     if in_sql:
-        return readcache.Entry.from_rows_json([row[0] for row in rows], meta)
-    return readcache.Entry.from_payload({"data": (dumper or QUOTE_ROWS).dump_many(r._mapping for r in rows),
-                                         "metadata": meta})
+        return readcache.Entry.from_rows_json([row["row_json"] for row in rows], meta)
+    return readcache.Entry.from_payload({"data": (dumper or QUOTE_ROWS).dump_many(rows), "metadata": meta})
 
 
 @blp.route("/data")

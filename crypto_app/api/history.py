@@ -26,11 +26,10 @@ from datetime import datetime, timedelta, timezone
 
 import marshmallow as ma
 from marshmallow import fields, validate
-from sqlalchemy import bindparam, text
-from sqlalchemy.types import Interval
-
 from ..extensions import db
 from ..pipeline.backfill_plan import ENDPOINTS, FINALITY, PROVISIONAL
+from . import readcache
+from .errors import ApiError
 from .fastdump import FastDumper
 from .schemas import Money, SourceField, UtcDateTime
 
@@ -40,23 +39,28 @@ DEFAULT_SPAN = {"raw": timedelta(days=7), "5m": timedelta(days=2), "15m": timede
                 "1h": timedelta(days=30), "4h": timedelta(days=90), "1d": timedelta(days=365),
                 "1w": timedelta(days=3 * 365)}
 
-# One index range scan per dataset (datasets are few; the filters pick them before any quote is read).
+# One statement per request: the asset (by id or slug) LEFT JOIN LATERAL its rows, so that an asset
+# without rows still gives one row (its columns, the rest null) and an unknown asset none. Inside, one
+# index range scan per dataset (datasets are few; the filters pick them before any quote is read).
+# pyformat parameters: run on the read connection (readcache.query) or through SQLAlchemy alike.
+ASSET_BY = {"id": "SELECT id, slug, symbol FROM assets WHERE id = %(asset_key)s",
+            "slug": "SELECT id, slug, symbol FROM assets WHERE slug = %(asset_key)s"}
 DATASETS = """
     FROM datasets d CROSS JOIN LATERAL ({inner}) q
-    WHERE (CAST(:source AS text) IS NULL OR d.source = :source)
-      AND (CAST(:dataset AS text) IS NULL OR d.name = :dataset)
+    WHERE (CAST(%(source)s AS text) IS NULL OR d.source = %(source)s)
+      AND (CAST(%(dataset)s AS text) IS NULL OR d.name = %(dataset)s)
 """
 ROWS_OF_DATASET = """
-    FROM quotes WHERE asset_id = :asset_id AND dataset_id = d.id AND observed_at >= :since AND observed_at <= :until
+    FROM quotes WHERE asset_id = a.id AND dataset_id = d.id AND observed_at >= %(since)s AND observed_at <= %(until)s
 """
-RAW_SQL = text("""
+RAW_ROWS = """
     SELECT d.source, d.name AS dataset, q.observed_at, q.price_usd, q.open_usd, q.high_usd, q.low_usd,
            q.market_cap_usd, q.volume_24h_usd, coalesce(q.flags, '{}'::text[]) AS flags, q.run_id
-""" + DATASETS.format(inner="SELECT * " + ROWS_OF_DATASET + " ORDER BY observed_at LIMIT :limit") + """
-    ORDER BY q.observed_at, d.source, d.name LIMIT :limit
-""")
+""" + DATASETS.format(inner="SELECT * " + ROWS_OF_DATASET + " ORDER BY observed_at LIMIT %(limit)s") + """
+    ORDER BY q.observed_at, d.source, d.name LIMIT %(limit)s
+"""
 _BUCKETS = """
-    SELECT date_bin(:step, observed_at, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
+    SELECT date_bin(%(step)s, observed_at, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
            bool_and(open_usd IS NOT NULL AND high_usd IS NOT NULL AND low_usd IS NOT NULL) AS ohlc,
            (array_agg(open_usd ORDER BY observed_at))[1] AS s_open, max(high_usd) AS s_high, min(low_usd) AS s_low,
            (array_agg(price_usd ORDER BY observed_at))[1] AS o_open, max(price_usd) AS o_high,
@@ -66,8 +70,8 @@ _BUCKETS = """
            (array_agg(volume_24h_usd ORDER BY observed_at DESC))[1] AS volume_24h_usd,
            sum(volume_24h_usd) AS volume_sum, count(volume_24h_usd) AS volumes, count(*) AS samples,
            bool_or(coalesce(flags, '{}'::text[]) @> ARRAY['provisional']) AS provisional_rows
-""" + ROWS_OF_DATASET + " GROUP BY bucket ORDER BY bucket LIMIT :limit"
-CANDLES_SQL = text("""
+""" + ROWS_OF_DATASET + " GROUP BY bucket ORDER BY bucket LIMIT %(limit)s"
+CANDLE_ROWS = """
     SELECT source, dataset, bucket, CASE WHEN native THEN 'source' ELSE 'observed' END AS from_,
            CASE WHEN native THEN s_open ELSE o_open END AS open,
            CASE WHEN native THEN s_high ELSE o_high END AS high,
@@ -75,12 +79,22 @@ CANDLES_SQL = text("""
            close, market_cap_usd, volume_24h_usd,
            CASE WHEN native AND volumes = samples THEN volume_sum END AS volume_usd, samples, provisional_rows
     FROM (SELECT d.source, d.name AS dataset, q.*,
-                 (q.ohlc AND d.native_interval IS NOT NULL AND d.native_interval <= :step
-                  AND mod(extract(epoch FROM :step)::numeric, extract(epoch FROM d.native_interval)::numeric) = 0)
+                 (q.ohlc AND d.native_interval IS NOT NULL AND d.native_interval <= %(step)s::interval
+                  AND mod(extract(epoch FROM %(step)s::interval)::numeric,
+                          extract(epoch FROM d.native_interval)::numeric) = 0)
                  AS native
 """ + DATASETS.format(inner=_BUCKETS) + """) c
-    ORDER BY bucket, source, dataset LIMIT :limit
-""").bindparams(bindparam("step", type_=Interval()))
+    ORDER BY bucket, source, dataset LIMIT %(limit)s
+"""
+
+
+def _of_asset(rows_sql: str, order: str, by: str) -> str:
+    return (f"SELECT a.id AS a_id, a.slug AS a_slug, a.symbol AS a_symbol, r.* FROM ({ASSET_BY[by]}) a "
+            f"LEFT JOIN LATERAL ({rows_sql}) r ON true ORDER BY {order}")
+
+
+RAW_SQL = {by: _of_asset(RAW_ROWS, "r.observed_at, r.source, r.dataset", by) for by in ASSET_BY}
+CANDLES_SQL = {by: _of_asset(CANDLE_ROWS, "r.bucket, r.source, r.dataset", by) for by in ASSET_BY}
 
 
 class HistoryArgsSchema(ma.Schema):
@@ -156,17 +170,27 @@ class HistorySchema(ma.Schema):
     candles = fields.List(fields.Nested(CandleSchema), metadata={"description": "With an interval"})
 
 
-def asset_history(asset, args: dict) -> dict:
+def asset_history(asset_ref: str, args: dict) -> dict:
+    """The asset's points or candles, in one statement (on the read connection when the request read the
+    data version, else through SQLAlchemy); 404 when no asset has this id or slug."""
+    ref = asset_ref.strip()
+    by = "id" if ref.isascii() and ref.isdigit() and len(ref) < 19 else "slug"
     interval = args["interval"]
     until = args.get("until") or datetime.now(timezone.utc)
     since = args.get("since") or until - DEFAULT_SPAN[interval]
-    params = {"asset_id": asset.id, "since": since, "until": until, "source": args.get("source"),
-              "dataset": args.get("dataset"), "limit": args["limit"] + 1}
-    if interval == "raw":
-        rows = db.session.execute(RAW_SQL, params).mappings().all()
-    else:
-        rows = db.session.execute(CANDLES_SQL, {**params, "step": INTERVALS[interval]}).mappings().all()
-    out = {"asset_id": asset.id, "slug": asset.slug, "symbol": asset.symbol, "interval": interval,
+    params = {"asset_key": int(ref) if by == "id" else ref, "since": since, "until": until,
+              "source": args.get("source"), "dataset": args.get("dataset"), "limit": args["limit"] + 1}
+    if interval != "raw":
+        params["step"] = INTERVALS[interval]
+    sql = (RAW_SQL if interval == "raw" else CANDLES_SQL)[by]
+    rows = readcache.query(sql, params)
+    if rows is None:
+        rows = [row._mapping for row in db.session.connection().exec_driver_sql(sql, params).fetchall()]
+    if not rows:
+        raise ApiError(404, f"No asset {ref!r}: pass an asset id or slug.")
+    asset = rows[0]
+    rows = [row for row in rows if row["source"] is not None]  # the one null row of an asset without rows
+    out = {"asset_id": asset["a_id"], "slug": asset["a_slug"], "symbol": asset["a_symbol"], "interval": interval,
            "source": args.get("source"), "dataset": args.get("dataset"), "since": since, "until": until,
            "truncated": len(rows) > args["limit"]}
     now = datetime.now(timezone.utc)
@@ -202,9 +226,9 @@ CANDLES = FastDumper(CandleSchema())
 HISTORY_HEAD = HistorySchema(exclude=("points", "candles"))
 
 
-def history_payload(asset, args: dict) -> dict:
-    """HistorySchema().dump(asset_history(asset, args)), with the points or candles dumped fast."""
-    out = asset_history(asset, args)
+def history_payload(asset_ref: str, args: dict) -> dict:
+    """HistorySchema().dump(asset_history(asset_ref, args)), with the points or candles dumped fast."""
+    out = asset_history(asset_ref, args)
     payload = HISTORY_HEAD.dump(out)
     if "points" in out:
         payload["points"] = POINTS.dump_many(out["points"])

@@ -33,15 +33,16 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import psycopg2
 from flask import Response, current_app, g, request
+
+from .fastjson import dumps_compact, dumps_value
+from .readconn import VersionReader
 
 log = logging.getLogger(__name__)
 EXTENSION = "cryptoflow_read_cache"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_ENTRIES = 10_000
 MAX_ENTRY_FRACTION = 8  # one entry may take at most this fraction of the budget
-RETRY_CONNECT_AFTER = 1.0  # seconds without trying to connect again after a failure
 
 # Stand-ins for the two per-request values; NUL cannot occur in the data (PostgreSQL text refuses it)
 # nor in a query string (refused with 400 before any view runs).
@@ -49,74 +50,7 @@ _REQUEST_ID = "\x00cryptoflow:request_id\x00"
 _LATENCY = "\x00cryptoflow:latency\x00"
 _SLOTS = {json.dumps(_REQUEST_ID).encode(): "request_id", json.dumps(_LATENCY).encode(): "latency"}
 CACHE_CONTROL = "no-cache"  # clients may keep a copy, and revalidate it with If-None-Match
-
-VERSION_SQL = "SELECT version FROM data_version WHERE id = 1"
-# Prepared once per connection: parsing and planning would otherwise cost more than the lookup itself.
-PREPARE_SQL = "PREPARE cryptoflow_data_version AS " + VERSION_SQL
-EXECUTE_SQL = "EXECUTE cryptoflow_data_version"
-
-
-# --- the version --------------------------------------------------------------------------------
-
-class VersionReader:
-    """Reads data_version on a connection of the calling thread (autocommit, created on first use)."""
-
-    def __init__(self, dsn: str | None):
-        self.dsn = dsn
-        self._local = threading.local()
-        self._failed_at = 0.0
-        self._lock = threading.Lock()
-        self._connections: list = []
-
-    def read(self) -> int | None:
-        """The current version, or None when it cannot be read (then nothing is cached)."""
-        if not self.dsn:
-            return None
-        for attempt in (1, 2):  # a connection the server closed since: once more on a new one
-            conn = getattr(self._local, "conn", None)
-            if conn is None or conn.closed:
-                if time.monotonic() - self._failed_at < RETRY_CONNECT_AFTER:
-                    return None
-                conn = None
-                try:
-                    conn = psycopg2.connect(self.dsn, connect_timeout=5, application_name="cryptoflow-read-version")
-                    conn.autocommit = True
-                    with conn.cursor() as cur:
-                        cur.execute(PREPARE_SQL)
-                except psycopg2.Error as exc:  # server unreachable, or no data_version (not migrated)
-                    if conn is not None:
-                        conn.close()
-                    self._failed_at = time.monotonic()
-                    log.warning("data version unavailable", extra={"error": exc.__class__.__name__})
-                    return None
-                self._local.conn = conn
-                with self._lock:
-                    self._connections = [c for c in self._connections if not c.closed] + [conn]
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(EXECUTE_SQL)
-                    row = cur.fetchone()
-                return row[0] if row else None
-            except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                conn.close()
-                self._local.conn = None
-                if attempt == 2:
-                    self._failed_at = time.monotonic()
-                    return None
-            except psycopg2.Error as exc:  # e.g. the table was dropped (migrated down)
-                log.warning("data version unreadable", extra={"error": exc.__class__.__name__})
-                conn.close()
-                self._local.conn = None
-                self._failed_at = time.monotonic()
-                return None
-        return None
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-
+LAYER_VERSION = "cryptoflow.read_cache_version"  # environ key: the version the WSGI layer read (a miss)
 
 # --- cached bodies ------------------------------------------------------------------------------
 
@@ -152,7 +86,7 @@ class Entry:
             meta["request_id"] = _REQUEST_ID
         if "api_latency_ms" in meta:
             meta["api_latency_ms"] = _LATENCY
-        meta_text = current_app.json.dumps(meta, separators=(",", ":"))
+        meta_text = json_text(meta)[:-1]  # compact mode (the caller checked compact_json()), no newline
         return cls.from_text('{"data":[' + ",".join(rows) + '],"metadata":' + meta_text + "}\n")
 
     @classmethod
@@ -176,22 +110,27 @@ class Entry:
         digest.update(body[start:])
         return cls(tuple(p for p in parts if p != b""), status, digest.hexdigest(), len(body))
 
+    def body(self, request_id, latency_ms) -> bytes:
+        """The body with this request's id and latency (`latency_ms()`, called once if there is a slot)."""
+        latency = None
+        chunks = []
+        for part in self.parts:
+            if part == "request_id":
+                chunks.append(dumps_value(request_id))
+            elif part == "latency":
+                if latency is None:
+                    latency = dumps_value(latency_ms())
+                chunks.append(latency)
+            else:
+                chunks.append(part)
+        return b"".join(chunks)
+
     def response(self) -> Response:
         if request.if_none_match and request.if_none_match.contains_weak(self.etag):
             response = Response(status=304)
         else:
-            latency = None
-            chunks = []
-            for part in self.parts:
-                if part == "request_id":
-                    chunks.append(json.dumps(getattr(g, "request_id", None)).encode())
-                elif part == "latency":
-                    if latency is None:
-                        latency = json.dumps(_latency_ms()).encode()
-                    chunks.append(latency)
-                else:
-                    chunks.append(part)
-            response = Response(b"".join(chunks), status=self.status, mimetype="application/json")
+            response = Response(self.body(getattr(g, "request_id", None), _latency_ms), status=self.status,
+                                mimetype="application/json")
         response.set_etag(self.etag, weak=True)
         response.headers["Cache-Control"] = CACHE_CONTROL
         return response
@@ -205,10 +144,15 @@ def compact_json() -> bool:
 
 
 def json_text(payload) -> str:
-    """The JSON text Flask's provider would send for `payload` (same options, same trailing newline)."""
+    """The JSON text Flask's provider would send for `payload` (same options, same trailing newline);
+    in compact mode written by orjson where its text is the same (fastjson.py)."""
     provider = current_app.json
     if (provider.compact is None and current_app.debug) or provider.compact is False:
         return provider.dumps(payload, indent=2) + "\n"
+    if provider.sort_keys and provider.ensure_ascii:
+        text = dumps_compact(payload, provider.default)
+        if text is not None:
+            return text + "\n"
     return provider.dumps(payload, separators=(",", ":")) + "\n"
 
 
@@ -303,12 +247,19 @@ def register(app) -> None:
         if when is None or request.method not in ("GET", "HEAD") or not cache.responses.enabled \
                 or not when(request):
             return None
+        if LAYER_VERSION in request.environ:  # the WSGI layer (cachelayer.py) read it and found no entry
+            g.read_cache_version = request.environ[LAYER_VERSION]
+            return None
         version = cache.versions.read()
         g.read_cache_version = version
         if version is None:
             return None
         entry = cache.responses.get(version, request_key())
         return entry.response() if entry is not None else None
+
+    from .cachelayer import CachedReads
+
+    app.wsgi_app = CachedReads(app, app.wsgi_app)  # hits answered before Flask routes the request
 
 
 CACHEABLE: dict[str, object] = {}  # endpoint -> when(request)
@@ -320,9 +271,19 @@ def cacheable(endpoint: str, when=None) -> None:
     CACHEABLE[endpoint] = when or (lambda req: True)
 
 
-def request_key() -> tuple:
-    # Parameters sorted by name; repeated names keep their order (the first one is the one parsed).
-    return request.path, tuple(sorted(request.args.items(multi=True), key=lambda item: item[0]))
+def request_key(req=None) -> tuple:
+    """(path, parameters) of `req` (default: the current request). Parameters sorted by name; repeated
+    names keep their order (the first one is the one parsed)."""
+    req = req or request
+    return req.path, tuple(sorted(req.args.items(multi=True), key=lambda item: item[0]))
+
+
+def query(sql: str, params: dict) -> list[dict] | None:
+    """VersionReader.query() when this request read the version (so its thread's connection has just
+    answered), else None: run it through SQLAlchemy."""
+    if getattr(g, "read_cache_version", None) is None:
+        return None
+    return current_app.extensions[EXTENSION].versions.query(sql, params)
 
 
 def serve(payload_fn) -> Response:

@@ -215,6 +215,15 @@ class ApiSqlCapture:
         self.captured: list = []
         event.listen(self.engine, "before_cursor_execute",
                      lambda conn, cursor, statement, params, context, many: self.captured.append((statement, params)))
+        versions = getattr(self.app.extensions.get("cryptoflow_read_cache"), "versions", None)
+        if versions is not None and hasattr(versions, "query"):  # statements run on the read connection
+            run_on_read_connection = versions.query
+
+            def query(statement, params):
+                self.captured.append((statement, params))
+                return run_on_read_connection(statement, params)
+
+            versions.query = query
 
     def statements(self, path: str) -> tuple[int, list, float]:
         """Status, statements and time of the first request of `path` in this process (a cache miss)."""

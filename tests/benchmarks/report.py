@@ -171,6 +171,17 @@ def evaluate(result: dict, baseline: dict | None = None) -> list[dict]:
             spreads.append((t["name"], t["http"]["p99_ms"] / t["http"]["p50_ms"]))
     if spreads:
         add("/api/v1/data p99 ≤ 3× p50", ", ".join(f"{n}: {s:.1f}×" for n, s in spreads), all(s <= 3 for _, s in spreads))
+    live = _target(result, "health_live")
+    ceiling = (live or {}).get("http", {}).get("requests_per_s")
+    if ceiling:  # issue 14: ratios to the framework ceiling, measured in the same run
+        if first:
+            share = first["http"]["requests_per_s"] / ceiling
+            add("/api/v1/data first page (cached) ≥ 80% of /health/live", f"{_pct(share)} "
+                f"({_n(first['http']['requests_per_s'])} vs {_n(ceiling)} req/s)", share >= 0.8)
+        if distinct:
+            share = distinct["http"]["requests_per_s"] / ceiling
+            add("/api/v1/data distinct uncached pages ≥ 15% of /health/live", f"{_pct(share)} "
+                f"({_n(distinct['http']['requests_per_s'])} vs {_n(ceiling)} req/s)", share >= 0.15)
     if first and cursor:
         ratio = first["http"]["requests_per_s"] / max(cursor["http"]["requests_per_s"], 0.01)
         deep = result.get("reads", {}).get("facts", {}).get("deep_page")

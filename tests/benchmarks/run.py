@@ -46,6 +46,10 @@ def parse_args(argv=None):
     p.add_argument("--api-log-level", default="INFO", help="LOG_LEVEL of gunicorn during the reads "
                    "(default INFO, the production default: one access log line per request)")
     p.add_argument("--skip", default="", help="comma-separated phases to skip: floors, reingest, celery, reads")
+    p.add_argument("--only", choices=("reads",), help="reads: only the reads (the data is still generated and "
+                   "ingested once, by `flask etl import`; floors, re-ingest and Celery are skipped)")
+    p.add_argument("--read-lines", default="", help="comma-separated read lines to measure (default: all), e.g. "
+                   "health_live,data_first,data_first_304,data_distinct")
     p.add_argument("--db-name", help="bench database name (default: <DATABASE_URL's database>_bench)")
     p.add_argument("--redis-db", type=int, help="Redis database number for the bench (default: an empty one "
                    "no client uses, e.g. 12; it is flushed)")
@@ -59,6 +63,9 @@ def parse_args(argv=None):
     if args.list_rows is None:
         args.list_rows = args.rows
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if args.only == "reads":
+        args.skip |= {"floors", "reingest", "celery"}
+    args.read_lines = {s.strip() for s in args.read_lines.split(",") if s.strip()}
     if args.celery_workers != "auto":
         args.celery_workers = [int(n) for n in args.celery_workers.split(",") if n.strip() and int(n) > 0]
     return args
@@ -253,6 +260,8 @@ def run_phases(args, result, children, env, db_url, redis_url, server_db, db_nam
     rd["list"] = reads.pad_latest(db_url, args.list_rows)
     server = reads.Server(children, env, workdir, args.api_log_level)
     targets, facts = reads.build_targets(db_url, server.port, args.list_rows, dataset)
+    if args.read_lines:
+        targets = [t for t in targets if t["name"] in args.read_lines]
     rd["facts"] = facts
     if facts["deep_page"] < reads.DEEP_PAGE:
         result["notes"].append(f"latest_quotes has {facts['latest_rows']:,} rows: the deep page measured is page "
