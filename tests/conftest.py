@@ -12,6 +12,7 @@ pytest_plugins = ["fake_upstream"]
 
 import atexit
 import os
+from datetime import datetime, timezone
 import subprocess
 import sys
 import time
@@ -99,6 +100,15 @@ def settings(test_env):
 def app(test_env, settings):
     application = create_app({"TESTING": True}, settings=settings)
     yield application
+
+
+@pytest.fixture(autouse=True)
+def _fresh_api_data_now():
+    """api_data.NOW ("now" of the rows tests write) is taken afresh for each test: freshness and staleness
+    are judged against the real clock, and a suite running 15 minutes must not age the first test's 'now'."""
+    import api_data
+    api_data.NOW = datetime.now(timezone.utc).replace(microsecond=0)
+    yield
 
 
 @pytest.fixture(autouse=True)

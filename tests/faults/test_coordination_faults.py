@@ -28,13 +28,14 @@ MARKETS = "/api/v3/coins/markets"
 
 
 def history_csv(path: Path, days: int, coins: int = 20) -> int:
-    """A price history CSV of days x coins rows (distinct dates per coin); returns the row count."""
+    """A price history CSV of days x coins rows (distinct dates per coin, plausible candles: low <= open,
+    close <= high); returns the row count."""
     with path.open("w") as f:
         f.write("Date,Symbol,Name,Open,High,Low,Close,Volume,Marketcap\n")
         for day in range(days):
             date = f"{2000 + day // 336:04d}-{day % 336 // 28 + 1:02d}-{day % 28 + 1:02d}"
             for c in range(coins):
-                f.write(f"{date},C{c},Coin {c},{c + 1}.5,{c + 2},{c + 1},{c + day % 7 + 1}.25,{day * 10},{c * 1000}\n")
+                f.write(f"{date},C{c},Coin {c},{c + 1}.5,{c + 9},{c + 1},{c + day % 7 + 1}.25,{day * 10},{c * 1000}\n")
     shutil.copy(DATA / "asset_overrides.json", path.parent)
     return days * coins
 

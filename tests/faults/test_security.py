@@ -49,7 +49,7 @@ def test_every_trigger_needs_the_token_and_refusals_are_logged_without_it(client
     caplog.set_level(logging.INFO)
     wrong = f"guess-{uuid.uuid4()}"
     for method, template in writes:
-        path = template.replace("{source}", "coingecko")
+        path = template.replace("{source}", "coingecko").replace("{backfill_id}", str(uuid.uuid4()))
         call = getattr(client, method)
         body = {"json": {"source": "coingecko"}} if "{" not in template else {}
         none = call(path, **body)
