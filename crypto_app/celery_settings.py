@@ -7,6 +7,7 @@ from .config import PROJECT_ROOT, Settings
 INGEST_TASK = "tasks.ingest_source"
 REAP_TASK = "tasks.reap_stale_runs"
 SEGMENT_TASK = "tasks.ingest_csv_segment"
+MAINTENANCE_TASK = "tasks.maintenance"
 RESULT_EXPIRES_SECONDS = 24 * 3600
 
 
@@ -68,4 +69,7 @@ def beat_schedule(settings: Settings) -> dict:
         if source.enabled
     }
     schedule["reap-stale-runs"] = {"task": REAP_TASK, "schedule": 60.0}
+    schedule["maintenance"] = {"task": MAINTENANCE_TASK,
+                               "schedule": float(settings.storage.maintenance_schedule_seconds),
+                               "kwargs": {"trigger": "schedule"}}
     return schedule

@@ -100,6 +100,34 @@ class SourceSettings:
 
 
 @dataclass(frozen=True)
+class StorageSettings:
+    """Retention and the maintenance task (crypto_app/pipeline/maintenance.py; README "Storage")."""
+
+    retention_raw_days: int = 30             # full-resolution quote rows, then rolled up and deleted
+    candle_hourly_retention_days: int = 400  # hourly candles; daily candles are kept forever
+    raw_payload_retention_days: int = 30     # raw page bodies (their hashes are kept)
+    rejected_retention_days: int = 90        # rejected records
+    maintenance_schedule_seconds: int = 3600
+    maintenance_chunk_hours: int = 6         # quote rows rolled up and deleted per transaction
+
+    @property
+    def overdue_after_seconds(self) -> int:
+        """/health degrades when the last successful maintenance run is older than this."""
+        return self.maintenance_schedule_seconds * 3 + 600
+
+
+def _storage_settings(env) -> StorageSettings:
+    return StorageSettings(
+        retention_raw_days=_int(env, "RETENTION_RAW_DAYS", 30, 1, 36500),
+        candle_hourly_retention_days=_int(env, "CANDLE_HOURLY_RETENTION_DAYS", 400, 1, 36500),
+        raw_payload_retention_days=_int(env, "RAW_PAYLOAD_RETENTION_DAYS", 30, 1, 36500),
+        rejected_retention_days=_int(env, "REJECTED_RETENTION_DAYS", 90, 1, 36500),
+        maintenance_schedule_seconds=_int(env, "MAINTENANCE_SCHEDULE_SECONDS", 3600, 10, 7 * 24 * 3600),
+        maintenance_chunk_hours=_int(env, "MAINTENANCE_CHUNK_HOURS", 6, 1, 24 * 31),
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str | None
     redis_url: str | None
@@ -129,6 +157,7 @@ class Settings:
     retry_backoff_max_seconds: int
     max_request_bytes: int
     sources: dict = field(default_factory=dict)
+    storage: "StorageSettings" = None    # retention, rollups and the maintenance task (below)
 
     @property
     def libpq_url(self) -> str | None:
@@ -212,4 +241,5 @@ def load_settings(env: dict | None = None) -> Settings:
         retry_backoff_max_seconds=_int(env, "RETRY_BACKOFF_MAX_SECONDS", 60, 1, 3600),
         max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 64 * 1024, 1024),
         sources=sources,
+        storage=_storage_settings(env),
     )

@@ -34,7 +34,7 @@ flask_app = create_app()
 celery_app = celery_init_app(flask_app)
 app = celery_app
 
-from . import ingest  # noqa: E402,F401  (register the tasks)
+from . import ingest, maintenance  # noqa: E402,F401  (register the tasks)
 
 
 @signals.beat_init.connect

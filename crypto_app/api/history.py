@@ -49,17 +49,31 @@ RAW_SQL = text("""
 """ + DATASETS.format(inner="SELECT * " + ROWS_OF_DATASET + " ORDER BY observed_at LIMIT :limit") + """
     ORDER BY q.observed_at, d.source, d.name LIMIT :limit
 """)
+# Rows of the dataset still at full resolution, and the rollup candles of the rows the maintenance task
+# expired (crypto_app/pipeline/maintenance.py): a row is in exactly one of the two, and both carry first/last
+# observation times, so merging them per bucket is exact (first open, extremes, last close, sums).
+_PIECES = """
+    SELECT observed_at AS at, observed_at AS first_at, observed_at AS last_at,
+           (open_usd IS NOT NULL AND high_usd IS NOT NULL AND low_usd IS NOT NULL) AS ohlc,
+           open_usd AS s_open, high_usd AS s_high, low_usd AS s_low, price_usd AS o_open, price_usd AS o_high,
+           price_usd AS o_low, price_usd AS close, market_cap_usd, volume_24h_usd, volume_24h_usd AS volume_sum,
+           (volume_24h_usd IS NOT NULL)::int AS volumes, 1 AS samples
+""" + ROWS_OF_DATASET + """
+    UNION ALL
+    SELECT bucket, first_observed_at, last_observed_at, ohlc, s_open, s_high, s_low, o_open, o_high, o_low, close,
+           market_cap_usd, volume_24h_usd, volume_sum, volumes, samples
+    FROM candles WHERE dataset_id = d.id AND asset_id = :asset_id AND resolution = :resolution
+      AND bucket > :since - CAST(:rollup_step AS interval) AND bucket <= :until
+"""
 _BUCKETS = """
-    SELECT date_bin(:step, observed_at, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
-           bool_and(open_usd IS NOT NULL AND high_usd IS NOT NULL AND low_usd IS NOT NULL) AS ohlc,
-           (array_agg(open_usd ORDER BY observed_at))[1] AS s_open, max(high_usd) AS s_high, min(low_usd) AS s_low,
-           (array_agg(price_usd ORDER BY observed_at))[1] AS o_open, max(price_usd) AS o_high,
-           min(price_usd) AS o_low,
-           (array_agg(price_usd ORDER BY observed_at DESC))[1] AS close,
-           (array_agg(market_cap_usd ORDER BY observed_at DESC))[1] AS market_cap_usd,
-           (array_agg(volume_24h_usd ORDER BY observed_at DESC))[1] AS volume_24h_usd,
-           sum(volume_24h_usd) AS volume_sum, count(volume_24h_usd) AS volumes, count(*) AS samples
-""" + ROWS_OF_DATASET + " GROUP BY bucket ORDER BY bucket LIMIT :limit"
+    SELECT date_bin(:step, at, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket, bool_and(ohlc) AS ohlc,
+           (array_agg(s_open ORDER BY first_at))[1] AS s_open, max(s_high) AS s_high, min(s_low) AS s_low,
+           (array_agg(o_open ORDER BY first_at))[1] AS o_open, max(o_high) AS o_high, min(o_low) AS o_low,
+           (array_agg(close ORDER BY last_at DESC))[1] AS close,
+           (array_agg(market_cap_usd ORDER BY last_at DESC))[1] AS market_cap_usd,
+           (array_agg(volume_24h_usd ORDER BY last_at DESC))[1] AS volume_24h_usd,
+           sum(volume_sum) AS volume_sum, sum(volumes) AS volumes, sum(samples) AS samples
+    FROM (""" + _PIECES + """) p GROUP BY 1 ORDER BY 1 LIMIT :limit"""
 CANDLES_SQL = text("""
     SELECT source, dataset, bucket, CASE WHEN native THEN 'source' ELSE 'observed' END AS from_,
            CASE WHEN native THEN s_open ELSE o_open END AS open,
@@ -73,7 +87,8 @@ CANDLES_SQL = text("""
                  AS native
 """ + DATASETS.format(inner=_BUCKETS) + """) c
     ORDER BY bucket, source, dataset LIMIT :limit
-""").bindparams(bindparam("step", type_=Interval()))
+""").bindparams(bindparam("step", type_=Interval()), bindparam("rollup_step", type_=Interval()))
+ROLLUPS = (("1h", timedelta(hours=1)), ("1d", timedelta(days=1)))
 
 
 class HistoryArgsSchema(ma.Schema):
@@ -136,23 +151,53 @@ class HistorySchema(ma.Schema):
     since = fields.DateTime()
     until = fields.DateTime()
     truncated = fields.Boolean(metadata={"description": "More rows matched than `limit`; narrow the window"})
+    resolution = fields.String(metadata={
+        "enum": ["raw", "1h", "1d"],
+        "description": "What the answer was built from: raw (full-resolution rows only), or 1h / 1d when the "
+                       "window reaches back past `raw_since` and the rows there were rolled up into hourly or "
+                       "daily candles (merged exactly with the raw rows after it)"})
+    raw_since = fields.DateTime(metadata={
+        "description": "Full-resolution rows of snapshot datasets are kept from here on (RETENTION_RAW_DAYS); "
+                       "older ones live only as rollups"})
     points = fields.List(fields.Nested(PointSchema), metadata={"description": "With interval=raw"})
     candles = fields.List(fields.Nested(CandleSchema), metadata={"description": "With an interval"})
 
 
-def asset_history(asset, args: dict) -> dict:
+def rollup_for(step: timedelta, since: datetime, now: datetime, storage) -> tuple[str, timedelta] | None:
+    """The stored rollup that serves buckets of `step` back to `since`: hourly while they are kept, else
+    daily; None when `step` is finer than an hour (only raw rows can answer it)."""
+    for name, width in ROLLUPS:
+        if step % width == timedelta(0) and (
+                name == "1d" or since >= now - timedelta(days=storage.candle_hourly_retention_days)):
+            return name, width
+    return None
+
+
+def asset_history(asset, args: dict, storage=None) -> dict:
+    from flask import current_app
+
+    storage = storage or current_app.config["SETTINGS"].storage
     interval = args["interval"]
-    until = args.get("until") or datetime.now(timezone.utc)
+    now = datetime.now(timezone.utc)
+    until = args.get("until") or now
     since = args.get("since") or until - DEFAULT_SPAN[interval]
+    raw_since = now - timedelta(days=storage.retention_raw_days)
     params = {"asset_id": asset.id, "since": since, "until": until, "source": args.get("source"),
               "dataset": args.get("dataset"), "limit": args["limit"] + 1}
+    resolution = "raw"
     if interval == "raw":
         rows = db.session.execute(RAW_SQL, params).mappings().all()
     else:
-        rows = db.session.execute(CANDLES_SQL, {**params, "step": INTERVALS[interval]}).mappings().all()
+        step = INTERVALS[interval]
+        rollup = rollup_for(step, since, now, storage)
+        if rollup and since < raw_since:
+            resolution = rollup[0]
+        name, width = rollup or ("none", timedelta(hours=1))
+        rows = db.session.execute(CANDLES_SQL, {**params, "step": step, "resolution": name,
+                                                "rollup_step": width}).mappings().all()
     out = {"asset_id": asset.id, "slug": asset.slug, "symbol": asset.symbol, "interval": interval,
            "source": args.get("source"), "dataset": args.get("dataset"), "since": since, "until": until,
-           "truncated": len(rows) > args["limit"]}
+           "truncated": len(rows) > args["limit"], "resolution": resolution, "raw_since": raw_since}
     out["points" if interval == "raw" else "candles"] = rows[: args["limit"]]
     return out
 

@@ -62,7 +62,7 @@ class RawPayload(db.Model):
     content_hash = db.Column(db.Text, nullable=False)
     fetched_at = db.Column(db.DateTime(timezone=True), nullable=False, server_default=func.now())
     record_count = db.Column(db.Integer, nullable=False, default=0, server_default=db.text("0"))
-    body = db.Column(JSONB)
+    # the page's body lives once per content hash in raw_pages (migration 0005_storage)
 
 
 class RejectedRecord(db.Model):

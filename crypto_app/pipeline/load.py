@@ -140,10 +140,7 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
     try:
         with conn.cursor() as cur:
             guard_run(cur, batch.run_id, batch.source)
-            cur.execute("INSERT INTO raw_payloads (run_id, source, locator, content_hash, fetched_at, record_count, body) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                        (batch.run_id, batch.source, Json(batch.locator), batch.content_hash, batch.fetched_at,
-                         batch.record_count, Json(_jsonable(batch.raw_body)) if batch.raw_body is not None else None))
+            _store_raw(cur, batch)
             if batch.rejections:
                 execute_values(cur, "INSERT INTO rejected_records (run_id, source, reason, errors, record, locator) VALUES %s",
                                [(batch.run_id, batch.source, _jsonable(reason), Json(_jsonable(errors)),
@@ -220,6 +217,27 @@ class BatchWriter:
             self._thread.join()
         if self._error is not None and raise_error:
             raise self._error
+
+
+_RAW_PAGE = """
+INSERT INTO raw_pages AS p (content_hash, source, record_count, body, first_seen_at, last_seen_at)
+VALUES (%(hash)s, %(source)s, %(count)s, %(body)s, %(at)s, %(at)s)
+ON CONFLICT (content_hash) DO UPDATE SET last_seen_at = GREATEST(p.last_seen_at, EXCLUDED.last_seen_at),
+    body = COALESCE(p.body, EXCLUDED.body),
+    pruned_at = CASE WHEN p.body IS NULL AND EXCLUDED.body IS NOT NULL THEN NULL ELSE p.pruned_at END
+"""
+
+
+def _store_raw(cur, batch: LoadBatch) -> None:
+    """The page's content once per hash (raw_pages; seen again: only its last_seen_at moves, and a pruned
+    body comes back), and this run's reference to it (raw_payloads: run, locator, hash)."""
+    body = Json(_jsonable(batch.raw_body)) if batch.raw_body is not None else None
+    cur.execute(_RAW_PAGE, {"hash": batch.content_hash, "source": batch.source, "count": batch.record_count,
+                            "body": body, "at": batch.fetched_at})
+    cur.execute("INSERT INTO raw_payloads (run_id, source, locator, content_hash, fetched_at, record_count) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (batch.run_id, batch.source, Json(batch.locator), batch.content_hash, batch.fetched_at,
+                 batch.record_count))
 
 
 def _dedupe(rows: list[dict]) -> list[dict]:

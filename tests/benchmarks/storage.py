@@ -31,7 +31,7 @@ from crypto_app.pipeline.ingest import IngestionRun  # noqa: E402
 
 TABLES = ("quotes", "latest_quotes", "raw_payloads", "raw_pages", "rejected_records", "dataset_assets",
           "assets", "asset_identifiers", "etl_runs")
-DATA_TABLES = ("rejected_records", "raw_payloads", "quotes", "latest_quotes", "dataset_assets", "datasets",
+DATA_TABLES = ("rejected_records", "raw_payloads", "raw_pages", "candles", "quotes", "latest_quotes", "dataset_assets", "datasets",
                "asset_identifiers", "assets", "checkpoints", "etl_runs")
 COINS = {"coinpaprika": 2000, "coingecko": 1000}
 RUNS_PER_DAY = 24 * 3600 // 300
