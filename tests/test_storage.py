@@ -38,7 +38,7 @@ def test_an_unchanged_page_is_stored_once_and_named_by_every_run(fake_upstream, 
 def test_maintenance_rolls_up_rows_before_it_deletes_them_once(db_conn, test_env, settings):
     ids = assets(db_conn, 3)
     run_id = d.run(db_conn, "coingecko")
-    start = (now() - timedelta(days=33)).replace(hour=22, minute=0, second=0, microsecond=0)
+    start = (now() - timedelta(days=45)).replace(hour=22, minute=0, second=0, microsecond=0)
     old = write_snapshots(test_env["DATABASE_URL"], run_id, ids, start, count=26 * 12)    # 26 h, every 5 min
     recent = write_snapshots(test_env["DATABASE_URL"], run_id, ids, now() - timedelta(days=1), count=6, seed=2)
     d.rejected(db_conn, run_id, "coingecko", "price_usd: must be positive", {"price_usd": ["bad"]})
@@ -103,3 +103,30 @@ def test_history_answers_from_rollups_and_says_so(client, db_conn, test_env, set
         tuple(str(v) for v in expected[(ids[0], b)][:4]) for b in sorted(b for _, b in expected)]
     recent = client.get("/api/v1/assets/coin-1/history?interval=1h").get_json()
     assert recent["resolution"] == "raw"
+
+
+def test_expired_weeks_are_dropped_whole_unless_they_hold_rows_to_keep(db_conn, test_env, settings):
+    from crypto_app.pipeline import partitions
+
+    ids = assets(db_conn, 2)
+    run_id = d.run(db_conn, "coingecko")
+    pure = partitions.week_start(now() - timedelta(days=50))
+    mixed = pure + timedelta(weeks=1)
+    write_snapshots(test_env["DATABASE_URL"], run_id, ids, pure + timedelta(hours=1), count=12)
+    write_snapshots(test_env["DATABASE_URL"], run_id, ids, mixed + timedelta(hours=1), count=12, seed=3)
+    with db_conn.cursor() as cur:    # a daily candle dataset (a CSV file) in the second week: it is history
+        cur.execute("INSERT INTO datasets (name, source, native_interval) VALUES ('csv:daily.csv', 'csv', "
+                    "interval '1 day') RETURNING id")
+        daily = cur.fetchone()[0]
+        cur.execute("INSERT INTO quotes (asset_id, source, dataset_id, price_usd, observed_at, fetched_at, run_id, "
+                    "payload_hash) VALUES (%s, 'csv', %s, 42, %s, now(), %s, 'h')",
+                    (ids[0], daily, mixed + timedelta(days=2), run_id))
+    assert deliver_maintenance(settings, trigger="cli", kind="cli").status == "succeeded"
+
+    names = {p.name for p in partitions.partitions(db_conn)}
+    assert f"quotes_w{pure:%Y%m%d}" not in names                  # dropped: no DELETE
+    assert f"quotes_w{mixed:%Y%m%d}" in names                     # kept for the CSV row; snapshots deleted
+    assert table(db_conn, "SELECT source, price_usd FROM quotes") == [("csv", Decimal("42"))]
+    assert table(db_conn, "SELECT count(*), sum(samples) FROM candles WHERE resolution = '1h'") == [(4, 48)]
+    ahead = partitions.week_start(now() + timedelta(weeks=partitions.WEEKS_AHEAD))
+    assert f"quotes_w{ahead:%Y%m%d}" in names                     # created ahead

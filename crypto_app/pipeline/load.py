@@ -47,13 +47,27 @@ CREATE TEMP TABLE IF NOT EXISTS stage_quotes (
 ) ON COMMIT DELETE ROWS
 """
 
+_SET_FROM_STAGE = ", ".join(f"{c} = s.{c}" for c in STORED_COLUMNS + ("fetched_at", "run_id", "payload_hash"))
+_STAGE_CHANGED = "({q}) IS DISTINCT FROM ({s})".format(q=", ".join(f"q.{c}" for c in STORED_COLUMNS),
+                                                       s=", ".join(f"s.{c}" for c in STORED_COLUMNS))
+# quotes is partitioned (migration 0005_storage), so RETURNING cannot read xmax to tell an insert from an
+# update: new rows are inserted (DO NOTHING on the key), then the rows that existed before this statement
+# (the UPDATE reads the statement's snapshot, not the rows the INSERT just wrote) are updated where a value
+# or a flag differs. The time bounds let PostgreSQL prune the partitions the batch cannot touch.
 _UPSERT_QUOTES = f"""
-WITH written AS (
+WITH inserted AS (
     INSERT INTO quotes (source, dataset_id, {_COLS})
     SELECT %(source)s, %(dataset_id)s, {_COLS} FROM stage_quotes
-    ON CONFLICT (asset_id, dataset_id, observed_at) DO UPDATE SET {_SET}
-    WHERE {_VALUES_CHANGED % {"table": "quotes"}}
-    RETURNING asset_id, observed_at, (xmax = 0) AS inserted
+    ON CONFLICT (asset_id, dataset_id, observed_at) DO NOTHING
+    RETURNING asset_id, observed_at
+), updated AS (
+    UPDATE quotes q SET {_SET_FROM_STAGE} FROM stage_quotes s
+    WHERE q.asset_id = s.asset_id AND q.dataset_id = %(dataset_id)s AND q.observed_at = s.observed_at
+      AND q.observed_at >= %(first)s AND q.observed_at <= %(last)s AND {_STAGE_CHANGED}
+    RETURNING q.asset_id, q.observed_at
+), written AS (
+    SELECT asset_id, observed_at, true AS inserted FROM inserted
+    UNION ALL SELECT asset_id, observed_at, false FROM updated
 ), counted AS (
     INSERT INTO dataset_assets AS da (dataset_id, asset_id, rows, first_observed_at, last_observed_at)
     SELECT %(dataset_id)s, asset_id, count(*) FILTER (WHERE inserted), min(observed_at), max(observed_at)
@@ -271,7 +285,8 @@ def _upsert_quotes(cur, batch: LoadBatch, rows: list[dict]) -> BatchResult:
         buffer.write("\n")
     buffer.seek(0)
     cur.copy_expert(f"COPY stage_quotes ({_COLS}) FROM STDIN", buffer)
-    params = {"source": batch.source, "dataset_id": batch.dataset_id}
+    params = {"source": batch.source, "dataset_id": batch.dataset_id,
+              "first": min(row["observed_at"] for row in rows), "last": max(row["observed_at"] for row in rows)}
     cur.execute(_UPSERT_QUOTES, params)
     inserted, updated = cur.fetchone()
     cur.execute(_UPSERT_LATEST, params)

@@ -28,9 +28,10 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
+from psycopg2 import errors, sql
 from psycopg2.extras import Json
 
-from . import lifecycle
+from . import lifecycle, partitions
 from .driver import DB_ERRORS, Delivery, Step
 from .heartbeat import Heartbeat
 
@@ -74,11 +75,12 @@ def _candles_from(rows: str, resolution: str, step: str) -> str:
     RETURNING 1"""
 
 
-ROLL_UP_AND_EXPIRE = f"""
-WITH gone AS (
-    DELETE FROM quotes WHERE source = %(source)s AND dataset_id = %(dataset_id)s AND observed_at < %(until)s
-    RETURNING dataset_id, asset_id, observed_at, price_usd, open_usd, high_usd, low_usd, market_cap_usd,
-              volume_24h_usd
+_ROLLED = "dataset_id, asset_id, observed_at, price_usd, open_usd, high_usd, low_usd, market_cap_usd, volume_24h_usd"
+_DELETE_RANGE = f"""
+    DELETE FROM quotes WHERE source = %(source)s AND dataset_id = %(dataset_id)s AND observed_at >= %(since)s
+      AND observed_at < %(until)s RETURNING {_ROLLED}"""
+_ROLL_UP = f"""
+WITH gone AS ({{gone}}
 ), hourly AS ({_candles_from("gone", "1h", "1 hour")}
 ), daily AS ({_candles_from("gone", "1d", "1 day")}
 ), counted AS (
@@ -89,14 +91,17 @@ WITH gone AS (
 )
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM hourly), (SELECT count(*) FROM daily)
 """
+ROLL_UP_AND_EXPIRE = _ROLL_UP.replace("{gone}", _DELETE_RANGE)
+# a whole partition (locked against writers): every row goes into the candles, then the partition is dropped
+ROLL_UP_PARTITION = _ROLL_UP.replace("{gone}", f"SELECT {_ROLLED} FROM {{partition}}")
 # after the delete: the span of the raw rows that are left (NULL, NULL when none is)
 RESPAN = """
 UPDATE dataset_assets da SET first_observed_at = s.first,
        last_observed_at = CASE WHEN s.first IS NULL THEN NULL ELSE da.last_observed_at END
-FROM (SELECT d.asset_id, (SELECT min(observed_at) FROM quotes q
+FROM (SELECT d.dataset_id, d.asset_id, (SELECT min(observed_at) FROM quotes q
                           WHERE q.asset_id = d.asset_id AND q.dataset_id = d.dataset_id) AS first
-      FROM dataset_assets d WHERE d.dataset_id = %(dataset_id)s AND d.first_observed_at < %(until)s) s
-WHERE da.dataset_id = %(dataset_id)s AND da.asset_id = s.asset_id
+      FROM dataset_assets d WHERE d.dataset_id = ANY(%(datasets)s) AND d.first_observed_at < %(until)s) s
+WHERE da.dataset_id = s.dataset_id AND da.asset_id = s.asset_id
 """
 EXPIRING_DATASETS = """
 SELECT id, source FROM datasets WHERE native_interval IS NULL OR native_interval < INTERVAL '1 hour' ORDER BY id
@@ -112,37 +117,98 @@ def _progress(cur, run_id: str, step: str, counts: dict, fetched: int = 0, loade
                 (fetched, loaded, step, Json(counts), run_id))
 
 
-def roll_up_and_expire(conn, run_id: str, storage, now: datetime, should_stop=None) -> dict:
-    """Step 1: returns the counts; stops between transactions when should_stop() says why."""
-    until = (now - timedelta(days=storage.retention_raw_days)).replace(minute=0, second=0, microsecond=0)
-    chunk = timedelta(hours=storage.maintenance_chunk_hours)
-    totals = {"quotes_rolled_up": 0, "hourly_candles": 0, "daily_candles": 0}
+def expiring_datasets(conn) -> list[tuple[int, str]]:
     with conn.cursor() as cur:
         cur.execute(EXPIRING_DATASETS)
-        datasets = cur.fetchall()
+        rows = cur.fetchall()
     conn.commit()
-    for dataset_id, source in datasets:
-        while True:
-            if should_stop and should_stop():
-                raise InterruptedError(should_stop())
-            with conn.cursor() as cur:
-                cur.execute("SELECT min(observed_at) FROM quotes WHERE source = %s AND dataset_id = %s "
-                            "AND observed_at < %s", (source, dataset_id, until))
-                oldest = cur.fetchone()[0]
-                if oldest is None:
-                    conn.commit()
-                    break
-                chunk_end = min(until, oldest.replace(minute=0, second=0, microsecond=0) + chunk)
-                params = {"source": source, "dataset_id": dataset_id, "until": chunk_end}
-                cur.execute(ROLL_UP_AND_EXPIRE, params)
-                rows, hourly, daily = cur.fetchone()
-                cur.execute(RESPAN, params)
-                counts = {"quotes_rolled_up": rows, "hourly_candles": hourly, "daily_candles": daily}
-                _progress(cur, run_id, "rollup", counts, fetched=rows, loaded=hourly + daily)
-            conn.commit()
-            for k, v in counts.items():
-                totals[k] += v
+    return rows
+
+
+def raw_cutoff(storage, now: datetime) -> datetime:
+    """Snapshot rows observed before this (an hour boundary) are past RETENTION_RAW_DAYS."""
+    return (now - timedelta(days=storage.retention_raw_days)).replace(minute=0, second=0, microsecond=0)
+
+
+def roll_up_and_expire(conn, run_id: str, storage, ranges, should_stop=None) -> dict:
+    """Roll up and DELETE the snapshot rows in each [since, until) of `ranges`, a chunk per transaction
+    (rows that are not in a weekly partition that will be dropped whole: see expire_partitions)."""
+    chunk = timedelta(hours=storage.maintenance_chunk_hours)
+    totals = {"quotes_rolled_up": 0, "hourly_candles": 0, "daily_candles": 0}
+    for dataset_id, source in expiring_datasets(conn):
+        for since, until in ranges:
+            while True:
+                if should_stop and should_stop():
+                    raise InterruptedError(should_stop())
+                with conn.cursor() as cur:
+                    cur.execute("SELECT min(observed_at) FROM quotes WHERE source = %s AND dataset_id = %s "
+                                "AND observed_at >= %s AND observed_at < %s", (source, dataset_id, since, until))
+                    oldest = cur.fetchone()[0]
+                    if oldest is None:
+                        conn.commit()
+                        break
+                    chunk_end = min(until, oldest.replace(minute=0, second=0, microsecond=0) + chunk)
+                    params = {"source": source, "dataset_id": dataset_id, "since": since, "until": chunk_end,
+                              "datasets": [dataset_id]}
+                    cur.execute(ROLL_UP_AND_EXPIRE, params)
+                    rows, hourly, daily = cur.fetchone()
+                    cur.execute(RESPAN, params)
+                    counts = {"quotes_rolled_up": rows, "hourly_candles": hourly, "daily_candles": daily}
+                    _progress(cur, run_id, "rollup", counts, fetched=rows, loaded=hourly + daily)
+                conn.commit()
+                for k, v in counts.items():
+                    totals[k] += v
     return totals
+
+
+def expire_partitions(conn, run_id: str, storage, now: datetime, should_stop=None) -> tuple[dict, list]:
+    """Weekly partitions that ended before the raw cutoff and hold only snapshot rows: all their rows go
+    into the candles and the partition is dropped, in one transaction (no DELETE, no bloat). Returns the
+    counts and the [lo, hi) ranges of expired partitions that also hold rows to keep (CSV candles), whose
+    snapshot rows take the DELETE path instead."""
+    cutoff = raw_cutoff(storage, now)
+    snapshot_ids = [dataset_id for dataset_id, _ in expiring_datasets(conn)]
+    totals = {"partitions_dropped": 0, "partitions_busy": 0, "quotes_rolled_up": 0, "hourly_candles": 0,
+              "daily_candles": 0}
+    mixed = []
+    for part in partitions.partitions(conn):
+        conn.commit()
+        if not part.weekly or part.hi > cutoff:
+            continue
+        if should_stop and should_stop():
+            raise InterruptedError(should_stop())
+        name = sql.Identifier(part.name)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(partitions.LOCK_TIMEOUT)))
+                cur.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(name))     # writers wait; readers go on
+                cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE dataset_id <> ALL(%s))").format(name),
+                            (snapshot_ids,))
+                if cur.fetchone()[0]:
+                    mixed.append((part.lo, part.hi))
+                    conn.commit()
+                    continue
+                cur.execute(sql.SQL(ROLL_UP_PARTITION).format(partition=name))
+                rows, hourly, daily = cur.fetchone()
+                cur.execute(sql.SQL("DROP TABLE {}").format(name))
+                cur.execute("SELECT cryptoflow_rm_mark_version()")    # a DROP fires no trigger
+                cur.execute(RESPAN, {"datasets": snapshot_ids, "until": part.hi})
+                counts = {"partitions_dropped": 1, "quotes_rolled_up": rows, "hourly_candles": hourly,
+                          "daily_candles": daily}
+                _progress(cur, run_id, "partitions", counts, fetched=rows, loaded=hourly + daily)
+            conn.commit()
+        except errors.LockNotAvailable:
+            conn.rollback()
+            counts = {"partitions_busy": 1}
+            log.warning("partition busy, left for the next maintenance run", extra={"partition": part.name})
+        for k, v in counts.items():
+            totals[k] += v
+    return totals, mixed
+
+
+def upkeep_partitions(conn, now: datetime) -> dict:
+    created = partitions.drain_default(conn) + partitions.ensure_ahead(conn, now)
+    return {"partitions_created": len(created)}
 
 
 def expire_small(conn, run_id: str, storage, now: datetime) -> dict:
@@ -167,7 +233,14 @@ def maintain(conn, run_id: str, storage, now: datetime | None = None, should_sto
     """Every step once, in order (each resumable); returns the counts of this delivery."""
     now = now or datetime.now(timezone.utc)
     started = time.monotonic()
-    counts = roll_up_and_expire(conn, run_id, storage, now, should_stop)
+    counts = upkeep_partitions(conn, now)
+    dropped, mixed = expire_partitions(conn, run_id, storage, now, should_stop)
+    weekly_from = partitions.weekly_from(conn)
+    conn.commit()
+    cutoff = raw_cutoff(storage, now)
+    ranges = [(datetime(1, 1, 1, tzinfo=timezone.utc), min(cutoff, weekly_from))] + mixed
+    deleted = roll_up_and_expire(conn, run_id, storage, ranges, should_stop)
+    counts.update({k: dropped.get(k, 0) + deleted.get(k, 0) for k in set(dropped) | set(deleted)})
     counts.update(expire_small(conn, run_id, storage, now))
     counts["seconds"] = round(time.monotonic() - started, 3)
     return counts

@@ -16,6 +16,7 @@ from datetime import timedelta
 import psycopg2
 
 import api_data as d
+from crypto_app.pipeline import partitions
 from conftest import wait_for
 from pipeline_helpers import table
 from storage_data import assets, expected_candles, now, write_snapshots
@@ -33,8 +34,11 @@ def maintenance_runs(db_conn) -> list[tuple]:
 def test_killed_maintenance_loses_and_duplicates_nothing(test_env, db_conn, start_worker, brokers):
     ids = assets(db_conn, 20)
     run_id = d.run(db_conn, "coingecko")
-    start = (now() - timedelta(days=35)).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = (now() - timedelta(days=70)).replace(hour=0, minute=0, second=0, microsecond=0)
     old = write_snapshots(test_env["DATABASE_URL"], run_id, ids, start, count=24 * 12)   # a day, every 5 min
+    setup = psycopg2.connect(test_env["DATABASE_URL"])
+    partitions.drain_default(setup)      # the rows' year has its partition (the DELETE path, in chunks)
+    setup.close()
     blocker = psycopg2.connect(test_env["DATABASE_URL"])
     with blocker.cursor() as cur:   # a row in hour 12: chunks of 1 h, so 12 commit before the run blocks
         cur.execute("SELECT 1 FROM quotes WHERE asset_id = %s AND observed_at = %s FOR UPDATE",
