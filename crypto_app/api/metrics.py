@@ -18,6 +18,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from .etl_metrics import EtlCollector
+from .storage_stats import StorageCollector
 
 blp = Blueprint("metrics", __name__, description="Prometheus metrics")
 EXTENSION = "cryptoflow_metrics"
@@ -55,6 +56,7 @@ def init_http_metrics(app) -> None:
         http = PrometheusMetrics(app, path=None, registry=registry, **options)
     etl = CollectorRegistry(auto_describe=False)  # auto_describe off: registering must not query the DB
     etl.register(EtlCollector(app.config["SETTINGS"].enabled_sources))
+    etl.register(StorageCollector())
     app.extensions[EXTENSION] = {"http": http, "etl": etl}
 
 

@@ -67,7 +67,8 @@ class RawPayload(db.Model):
 
 class RejectedRecord(db.Model):
     __tablename__ = "rejected_records"
-    __table_args__ = (db.Index("ix_rejected_records_run", "run_id"),)
+    __table_args__ = (db.Index("ix_rejected_records_run", "run_id"),
+                      db.Index("ix_rejected_records_created", "created_at"))
 
     id = db.Column(db.BigInteger, primary_key=True)
     run_id = db.Column(db.Uuid, nullable=False)
