@@ -130,3 +130,36 @@ def test_expired_weeks_are_dropped_whole_unless_they_hold_rows_to_keep(db_conn, 
     assert table(db_conn, "SELECT count(*), sum(samples) FROM candles WHERE resolution = '1h'") == [(4, 48)]
     ahead = partitions.week_start(now() + timedelta(weeks=partitions.WEEKS_AHEAD))
     assert f"quotes_w{ahead:%Y%m%d}" in names                     # created ahead
+
+
+def test_storage_is_reported_in_stats_metrics_and_health(client, db_conn, test_env, settings):
+    ids = assets(db_conn, 2)
+    run_id = d.run(db_conn, "coingecko")
+    write_snapshots(test_env["DATABASE_URL"], run_id, ids, now() - timedelta(days=45), count=24)
+    write_snapshots(test_env["DATABASE_URL"], run_id, ids, now() - timedelta(hours=2), count=3, seed=4)
+    assert deliver_maintenance(settings, trigger="cli", kind="cli").status == "succeeded"
+    with db_conn.cursor() as cur:
+        cur.execute("ANALYZE quotes; ANALYZE candles")
+
+    body = client.get("/api/v1/stats").get_json()
+    storage = body["storage"]
+    assert storage["tables"]["quotes"]["bytes"] > 0 and storage["tables"]["quotes"]["partitions"] > 4
+    assert set(storage["rows_by_resolution"]) == {"raw", "1h", "1d"} and storage["rows_by_resolution"]["1h"] >= 4
+    assert storage["oldest"]["1h"] is not None and storage["oldest"]["raw"] is not None
+    assert storage["oldest"]["1h"] < storage["oldest"]["raw"]
+    assert body["by_source"]["maintenance"]["total_runs"] == 1
+    assert body["total_runs"] == 1                           # the coingecko run; maintenance kept apart
+
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'cryptoflow_storage_bytes{table="quotes"}' in metrics
+    assert 'cryptoflow_storage_oldest_seconds{resolution="1h"}' in metrics
+    assert "cryptoflow_maintenance_last_success_age_seconds" in metrics
+    assert 'cryptoflow_etl_runs_total{source="maintenance",status="succeeded"} 1.0' in metrics
+
+    assert client.get("/health").get_json()["maintenance"]["status"] == "ok"
+    with db_conn.cursor() as cur:
+        cur.execute("UPDATE etl_runs SET finished_at = now() - interval '5 hours' WHERE source = 'maintenance'")
+    health = client.get("/health").get_json()
+    assert health["status"] == "degraded" and health["maintenance"]["status"] == "degraded"
+    assert any(reason.startswith("maintenance (rollups, retention, partitions) has not succeeded")
+               for reason in health["reasons"])
