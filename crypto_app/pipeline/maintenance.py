@@ -197,7 +197,7 @@ def expire_partitions(conn, run_id: str, storage, now: datetime, should_stop=Non
                           "daily_candles": daily}
                 _progress(cur, run_id, "partitions", counts, fetched=rows, loaded=hourly + daily)
             conn.commit()
-        except errors.LockNotAvailable:
+        except (errors.LockNotAvailable, errors.DeadlockDetected):   # a writer of that week: next run
             conn.rollback()
             counts = {"partitions_busy": 1}
             log.warning("partition busy, left for the next maintenance run", extra={"partition": part.name})

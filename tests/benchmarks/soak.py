@@ -26,7 +26,6 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
