@@ -16,6 +16,7 @@ Celery's acks_late, or the next scheduled run) starts again from what the tables
 2. Hourly candles older than CANDLE_HOURLY_RETENTION_DAYS are deleted (daily candles stay forever).
 3. Raw page bodies not seen for RAW_PAYLOAD_RETENTION_DAYS are pruned (the hash row stays).
 4. Rejected records older than REJECTED_RETENTION_DAYS are deleted.
+5. VACUUM (ANALYZE) of the small hot tables and of what maintenance pruned (see `vacuum`).
 
 Safe while ingestion writes: the loader only ever writes recent rows; a row it writes into an expired
 range after the DELETE's snapshot survives and is merged by the next run. The run's counters
@@ -28,6 +29,7 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import psycopg2
 from psycopg2 import errors, sql
 from psycopg2.extras import Json
 
@@ -229,7 +231,26 @@ def expire_small(conn, run_id: str, storage, now: datetime) -> dict:
     return counts
 
 
-def maintain(conn, run_id: str, storage, now: datetime | None = None, should_stop=None) -> dict:
+VACUUMED = ("latest_quotes", "dataset_assets", "raw_pages", "candles", "rejected_records", "quotes_default")
+
+
+def vacuum(dsn: str) -> None:
+    """Step 5: VACUUM (ANALYZE) the small tables rewritten all day (latest_quotes and dataset_assets: every
+    row at every run) and the ones maintenance pruned, so their space is reused and the storage figures'
+    estimates are current even where autovacuum is off or behind (it is off on the test machine, where
+    the soak found latest_quotes at 224 MB for 3,000 rows after a simulated day without this)."""
+    conn = psycopg2.connect(dsn, connect_timeout=10)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for table in VACUUMED:
+                cur.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
+    finally:
+        conn.close()
+
+
+def maintain(conn, run_id: str, storage, now: datetime | None = None, should_stop=None,
+             dsn: str | None = None) -> dict:
     """Every step once, in order (each resumable); returns the counts of this delivery."""
     now = now or datetime.now(timezone.utc)
     started = time.monotonic()
@@ -242,6 +263,8 @@ def maintain(conn, run_id: str, storage, now: datetime | None = None, should_sto
     deleted = roll_up_and_expire(conn, run_id, storage, ranges, should_stop)
     counts.update({k: dropped.get(k, 0) + deleted.get(k, 0) for k in set(dropped) | set(deleted)})
     counts.update(expire_small(conn, run_id, storage, now))
+    if dsn:
+        vacuum(dsn)
     counts["seconds"] = round(time.monotonic() - started, 3)
     return counts
 
@@ -274,7 +297,8 @@ def deliver_maintenance(settings, run_id: str | None = None, trigger: str = "sch
             return d.fail(f"gave up: {died_before} deliveries in a row died mid-run")
         log.info("maintenance started", extra=d.ctx)
         with Heartbeat(settings.libpq_url, d.lock, run_id, d.ttl, kind=kind) as beat:
-            counts = maintain(d.conn, run_id, settings.storage, now, should_stop=beat.lost_reason)
+            counts = maintain(d.conn, run_id, settings.storage, now, should_stop=beat.lost_reason,
+                              dsn=settings.libpq_url)
         lifecycle.finish_run(d.conn, run_id, "succeeded")
         d.lock.release(run_id)
         log.info("maintenance finished", extra={**d.ctx, **counts})

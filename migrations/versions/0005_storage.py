@@ -151,14 +151,6 @@ def upgrade():
                "FOR EACH STATEMENT EXECUTE FUNCTION cryptoflow_rm_statement()")
     op.execute("CREATE TRIGGER rm_candles_truncate AFTER TRUNCATE ON candles "
                "FOR EACH STATEMENT EXECUTE FUNCTION cryptoflow_rm_truncated()")
-    # latest_quotes and dataset_assets are a few thousand rows updated ~860,000 times a day (every row at
-    # every run; no HOT update, the indexed times move): autovacuum's defaults fall behind and the soak
-    # measured 224 MB of latest_quotes for 3,000 rows after one simulated day. Vacuum them every 5,000
-    # dead rows, unthrottled.
-    for table in ("latest_quotes", "dataset_assets"):
-        op.execute(f"ALTER TABLE {table} SET (autovacuum_vacuum_scale_factor = 0, "
-                   "autovacuum_vacuum_threshold = 5000, autovacuum_vacuum_cost_delay = 0, "
-                   "autovacuum_analyze_scale_factor = 0.2)")
     op.execute("SELECT cryptoflow_rm_rebuild()")
     op.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
@@ -187,9 +179,6 @@ def downgrade():
     """)
     op.execute("DROP TABLE candles")
     op.execute("DROP TABLE IF EXISTS quote_partitioning")
-    for table in ("latest_quotes", "dataset_assets"):
-        op.execute(f"ALTER TABLE {table} RESET (autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold, "
-                   "autovacuum_vacuum_cost_delay, autovacuum_analyze_scale_factor)")
     op.execute("DROP INDEX IF EXISTS ix_rejected_records_created")
     op.execute("ALTER TABLE raw_payloads ADD COLUMN body jsonb")
     op.execute("UPDATE raw_payloads p SET body = r.body FROM raw_pages r WHERE r.content_hash = p.content_hash")

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from crypto_app.config import load_settings  # noqa: E402
-from crypto_app.pipeline import lifecycle  # noqa: E402
+from crypto_app.pipeline import lifecycle, partitions  # noqa: E402
 from crypto_app.pipeline.load import LoadBatch, load_batch  # noqa: E402
 from crypto_app.pipeline.maintenance import maintain  # noqa: E402
 from fake_upstream import gecko_coin, paprika_ticker  # noqa: E402
@@ -159,7 +159,7 @@ def run(days: int, retention_days: int) -> dict:
             run_id = str(uuid.uuid4())               # the hourly maintenance run, on the simulated clock
             lifecycle.create_run(conn, run_id, "maintenance", "schedule")
             t0 = time.perf_counter()
-            counts = maintain(conn, run_id, settings.storage, now=at)
+            counts = maintain(conn, run_id, settings.storage, now=at, dsn=settings.libpq_url)
             maint_s += time.perf_counter() - t0
             lifecycle.finish_run(conn, run_id, "succeeded")
             for k, v in counts.items():
@@ -219,7 +219,8 @@ def run_fast(days: int, retention_days: int) -> dict:
         cur.execute("INSERT INTO dataset_assets (dataset_id, asset_id, rows) SELECT d.id, a.id, 0 FROM soak_assets a "
                     "JOIN datasets d ON a.i <= CASE d.source WHEN 'coinpaprika' THEN 2000 ELSE 1000 END")
     conn.commit()
-    start = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    # from Friday 00:00 of this week: the first week ends 3 days in, so a short span sees weeks dropped
+    start = partitions.week_start(datetime.now(timezone.utc)) + timedelta(days=4)
     report = {"mode": "fast", "days": days, "retention_raw_days": retention_days, "start": start.isoformat(),
               "per_day": []}
     at = start
@@ -245,7 +246,7 @@ def run_fast(days: int, retention_days: int) -> dict:
             maintenance_id = str(uuid.uuid4())
             lifecycle.create_run(conn, maintenance_id, "maintenance", "schedule")
             t0 = time.perf_counter()
-            counts = maintain(conn, maintenance_id, settings.storage, now=at)
+            counts = maintain(conn, maintenance_id, settings.storage, now=at, dsn=settings.libpq_url)
             maint_s += time.perf_counter() - t0
             lifecycle.finish_run(conn, maintenance_id, "succeeded")
             for k, v in counts.items():
