@@ -149,6 +149,8 @@ def test_storage_is_reported_in_stats_metrics_and_health(client, db_conn, test_e
     assert storage["oldest"]["1h"] < storage["oldest"]["raw"]
     assert body["by_source"]["maintenance"]["total_runs"] == 1
     assert body["total_runs"] == 1                           # the coingecko run; maintenance kept apart
+    runs = client.get("/api/v1/runs?source=maintenance").get_json()
+    assert [(r["source"], r["status"]) for r in runs["data"]] == [("maintenance", "succeeded")], runs
 
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'cryptoflow_storage_bytes{table="quotes"}' in metrics
