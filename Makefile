@@ -13,7 +13,7 @@ EMBEDDED := $(CHECKOUT) exec
 export PORT ?= 8000
 export FLOWER_PORT ?= 5555
 
-.PHONY: help install run serve stop status test test-browser screenshots test-fast smoke worker beat flower db-migrate up down logs clean bench
+.PHONY: help install run serve stop status test test-browser screenshots test-fast smoke worker beat flower db-migrate up down logs clean bench soak
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ flower: $(INSTALLED) ## Flower alone
 
 bench: $(INSTALLED) ## benchmark: ingest vs COPY, reads under load vs SQL (ARGS="--rows 10000000"; see bench-results/)
 	@CRYPTOFLOW_COMMAND_NAME="make bench" $(EMBEDDED) --stop-after -- $(BIN)/python -m tests.benchmarks $(ARGS)
+
+soak: $(INSTALLED) ## simulated days of the default schedules' load with maintenance (ARGS="--days 12 --retention-days 3")
+	$(EMBEDDED) -- $(BIN)/python -m tests.benchmarks.soak $(ARGS)
 
 db-migrate: $(INSTALLED) ## apply the migrations
 	$(EMBEDDED) -- $(BIN)/flask db upgrade

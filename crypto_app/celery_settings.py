@@ -9,6 +9,7 @@ REAP_TASK = "tasks.reap_stale_runs"
 SEGMENT_TASK = "tasks.ingest_csv_segment"
 BACKFILL_TASK = "tasks.backfill_window"
 KEEP_CURRENT_TASK = "tasks.keep_history_current"
+MAINTENANCE_TASK = "tasks.maintenance"
 RESULT_EXPIRES_SECONDS = 24 * 3600
 
 
@@ -76,4 +77,7 @@ def beat_schedule(settings: Settings) -> dict:
                 schedule[f"keep-current-{name}"] = {"task": KEEP_CURRENT_TASK,
                                                    "schedule": float(settings.keep_current_seconds),
                                                    "kwargs": {"source": name}}
+    schedule["maintenance"] = {"task": MAINTENANCE_TASK,
+                               "schedule": float(settings.storage.maintenance_schedule_seconds),
+                               "kwargs": {"trigger": "schedule"}}
     return schedule

@@ -186,6 +186,34 @@ class SourceSettings:
 
 
 @dataclass(frozen=True)
+class StorageSettings:
+    """Retention and the maintenance task (crypto_app/pipeline/maintenance.py; README "Storage")."""
+
+    retention_raw_days: int = 30             # full-resolution quote rows, then rolled up and deleted
+    candle_hourly_retention_days: int = 400  # hourly candles; daily candles are kept forever
+    raw_payload_retention_days: int = 30     # raw page bodies (their hashes are kept)
+    rejected_retention_days: int = 90        # rejected records
+    maintenance_schedule_seconds: int = 3600
+    maintenance_chunk_hours: int = 6         # quote rows rolled up and deleted per transaction
+
+    @property
+    def overdue_after_seconds(self) -> int:
+        """/health degrades when the last successful maintenance run is older than this."""
+        return self.maintenance_schedule_seconds * 3 + 600
+
+
+def _storage_settings(env) -> StorageSettings:
+    return StorageSettings(
+        retention_raw_days=_int(env, "RETENTION_RAW_DAYS", 30, 1, 36500),
+        candle_hourly_retention_days=_int(env, "CANDLE_HOURLY_RETENTION_DAYS", 400, 1, 36500),
+        raw_payload_retention_days=_int(env, "RAW_PAYLOAD_RETENTION_DAYS", 30, 1, 36500),
+        rejected_retention_days=_int(env, "REJECTED_RETENTION_DAYS", 90, 1, 36500),
+        maintenance_schedule_seconds=_int(env, "MAINTENANCE_SCHEDULE_SECONDS", 3600, 10, 7 * 24 * 3600),
+        maintenance_chunk_hours=_int(env, "MAINTENANCE_CHUNK_HOURS", 6, 1, 24 * 31),
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str | None
     redis_url: str | None
@@ -221,6 +249,7 @@ class Settings:
     plausibility: PlausibilitySettings = field(default_factory=lambda: load_plausibility({}))
     keep_current_seconds: int = 3600     # history sources' keep-current backfill (0: off)
     backfill_stall_seconds: int = 600    # a running backfill with no window change for this long is re-queued
+    storage: "StorageSettings" = None    # retention, rollups and the maintenance task (below)
 
     @property
     def libpq_url(self) -> str | None:
@@ -332,6 +361,7 @@ def load_settings(env: dict | None = None) -> Settings:
         plausibility=load_plausibility(env),
         keep_current_seconds=_int(env, "HISTORY_KEEP_CURRENT_SECONDS", 3600, 0),
         backfill_stall_seconds=_int(env, "BACKFILL_STALL_SECONDS", 600, 1),
+        storage=_storage_settings(env),
     )
     _paid_plans_have_keys(settings)
     return settings

@@ -42,7 +42,7 @@ flask_app = create_app(settings=settings_or_exit())   # a bad setting: one line,
 celery_app = celery_init_app(flask_app)
 app = celery_app
 
-from . import backfill, ingest  # noqa: E402,F401  (register the tasks)
+from . import backfill, ingest, maintenance  # noqa: E402,F401  (register the tasks)
 
 
 @signals.beat_init.connect

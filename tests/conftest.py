@@ -32,7 +32,7 @@ from crypto_app import create_app  # noqa: E402
 from crypto_app.config import load_settings  # noqa: E402
 from crypto_app import checkout  # noqa: E402
 
-TABLES = ("backfill_windows", "backfills", "rejected_records", "raw_payloads", "quotes", "latest_quotes", "dataset_assets", "datasets",
+TABLES = ("backfill_windows", "backfills", "rejected_records", "raw_payloads", "raw_pages", "candles", "quotes", "latest_quotes", "dataset_assets", "datasets",
           "asset_identifiers", "assets", "checkpoints", "etl_runs")
 
 

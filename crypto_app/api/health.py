@@ -67,6 +67,9 @@ class SourceHealthSchema(ma.Schema):
 class HealthSchema(ma.Schema):
     status = fields.String(required=True, metadata={"enum": ["healthy", "degraded", "unhealthy"]})
     reasons = fields.List(fields.String(), metadata={"description": "Why the status is not healthy"})
+    maintenance = fields.Dict(metadata={"description": "Storage maintenance (crypto_app/api/storage_stats.py): "
+                                                       "status ok/degraded/unknown, last_success, "
+                                                       "overdue_after_seconds, message"})
     checked_at = fields.DateTime()
     checks = fields.Dict(keys=fields.String(), values=fields.Nested(ProbeSchema), metadata={
         "description": "database, broker, workers"})
@@ -147,9 +150,13 @@ def health_report() -> tuple[dict, int]:
     elif workers["status"] != "up":
         reasons.append(f"no worker alive (no heartbeat in the last {settings.worker_stale_after_seconds:g} s)")
     reasons += source_reasons
+    maintenance = _maintenance(settings) if database["status"] == "up" else {"status": "unknown"}
+    if maintenance["status"] == "degraded":
+        reasons.append(maintenance["message"])
     status = "unhealthy" if database["status"] != "up" else ("degraded" if reasons else "healthy")
     body = {"status": status, "reasons": reasons, "checked_at": datetime.now(timezone.utc),
-            "checks": {"database": database, "broker": broker, "workers": workers}, "sources": sources}
+            "checks": {"database": database, "broker": broker, "workers": workers}, "sources": sources,
+            "maintenance": maintenance}
     _log_change(status, reasons)
     return body, 503 if status == "unhealthy" else 200
 
@@ -164,6 +171,17 @@ def _log_change(status: str, reasons: list[str]) -> None:
     _last_seen.update(status=status, reasons=reasons)
     level = logging.INFO if status == "healthy" else logging.WARNING
     log.log(level, "health changed", extra={"status": status, "reasons": reasons})
+
+
+# --- storage maintenance (issue 11): one call, kept apart from the checks above -----------------------
+def _maintenance(settings) -> dict:
+    from .storage_stats import maintenance_health
+
+    try:
+        return maintenance_health(settings)
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        return {"status": "unknown", "error": exc.__class__.__name__}
 
 
 @blp.route("")

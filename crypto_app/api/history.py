@@ -59,18 +59,34 @@ RAW_ROWS = """
 """ + DATASETS.format(inner="SELECT * " + ROWS_OF_DATASET + " ORDER BY observed_at LIMIT %(limit)s") + """
     ORDER BY q.observed_at, d.source, d.name LIMIT %(limit)s
 """
+# Rows of the dataset still at full resolution, and the rollup candles of the rows the maintenance task
+# expired (crypto_app/pipeline/maintenance.py): a row is in exactly one of the two, and both carry first/last
+# observation times, so merging them per bucket is exact (first open, extremes, last close, sums).
+# Only full-resolution rows can be provisional (history datasets' newest points): rollups are of old rows.
+_PIECES = """
+    SELECT observed_at AS at, observed_at AS first_at, observed_at AS last_at,
+           (open_usd IS NOT NULL AND high_usd IS NOT NULL AND low_usd IS NOT NULL) AS ohlc,
+           open_usd AS s_open, high_usd AS s_high, low_usd AS s_low, price_usd AS o_open, price_usd AS o_high,
+           price_usd AS o_low, price_usd AS close, market_cap_usd, volume_24h_usd, volume_24h_usd AS volume_sum,
+           (volume_24h_usd IS NOT NULL)::int AS volumes, 1 AS samples,
+           coalesce(flags, '{}'::text[]) @> ARRAY['provisional'] AS provisional
+""" + ROWS_OF_DATASET + """
+    UNION ALL
+    SELECT bucket, first_observed_at, last_observed_at, ohlc, s_open, s_high, s_low, o_open, o_high, o_low, close,
+           market_cap_usd, volume_24h_usd, volume_sum, volumes, samples, false
+    FROM candles WHERE dataset_id = d.id AND asset_id = a.id AND resolution = %(resolution)s
+      AND bucket > %(since)s - CAST(%(rollup_step)s AS interval) AND bucket <= %(until)s
+"""
 _BUCKETS = """
-    SELECT date_bin(%(step)s, observed_at, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket,
-           bool_and(open_usd IS NOT NULL AND high_usd IS NOT NULL AND low_usd IS NOT NULL) AS ohlc,
-           (array_agg(open_usd ORDER BY observed_at))[1] AS s_open, max(high_usd) AS s_high, min(low_usd) AS s_low,
-           (array_agg(price_usd ORDER BY observed_at))[1] AS o_open, max(price_usd) AS o_high,
-           min(price_usd) AS o_low,
-           (array_agg(price_usd ORDER BY observed_at DESC))[1] AS close,
-           (array_agg(market_cap_usd ORDER BY observed_at DESC))[1] AS market_cap_usd,
-           (array_agg(volume_24h_usd ORDER BY observed_at DESC))[1] AS volume_24h_usd,
-           sum(volume_24h_usd) AS volume_sum, count(volume_24h_usd) AS volumes, count(*) AS samples,
-           bool_or(coalesce(flags, '{}'::text[]) @> ARRAY['provisional']) AS provisional_rows
-""" + ROWS_OF_DATASET + " GROUP BY bucket ORDER BY bucket LIMIT %(limit)s"
+    SELECT date_bin(%(step)s, at, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS bucket, bool_and(ohlc) AS ohlc,
+           (array_agg(s_open ORDER BY first_at))[1] AS s_open, max(s_high) AS s_high, min(s_low) AS s_low,
+           (array_agg(o_open ORDER BY first_at))[1] AS o_open, max(o_high) AS o_high, min(o_low) AS o_low,
+           (array_agg(close ORDER BY last_at DESC))[1] AS close,
+           (array_agg(market_cap_usd ORDER BY last_at DESC))[1] AS market_cap_usd,
+           (array_agg(volume_24h_usd ORDER BY last_at DESC))[1] AS volume_24h_usd,
+           sum(volume_sum) AS volume_sum, sum(volumes) AS volumes, sum(samples) AS samples,
+           bool_or(provisional) AS provisional_rows
+    FROM (""" + _PIECES + """) p GROUP BY 1 ORDER BY 1 LIMIT %(limit)s"""
 CANDLE_ROWS = """
     SELECT source, dataset, bucket, CASE WHEN native THEN 'source' ELSE 'observed' END AS from_,
            CASE WHEN native THEN s_open ELSE o_open END AS open,
@@ -95,6 +111,7 @@ def _of_asset(rows_sql: str, order: str, by: str) -> str:
 
 RAW_SQL = {by: _of_asset(RAW_ROWS, "r.observed_at, r.source, r.dataset", by) for by in ASSET_BY}
 CANDLES_SQL = {by: _of_asset(CANDLE_ROWS, "r.bucket, r.source, r.dataset", by) for by in ASSET_BY}
+ROLLUPS = (("1h", timedelta(hours=1)), ("1d", timedelta(days=1)))
 
 
 class HistoryArgsSchema(ma.Schema):
@@ -166,22 +183,52 @@ class HistorySchema(ma.Schema):
     since = fields.DateTime()
     until = fields.DateTime()
     truncated = fields.Boolean(metadata={"description": "More rows matched than `limit`; narrow the window"})
+    resolution = fields.String(metadata={
+        "enum": ["raw", "1h", "1d"],
+        "description": "What the answer was built from: raw (full-resolution rows only), or 1h / 1d when the "
+                       "window reaches back past `raw_since` and the rows there were rolled up into hourly or "
+                       "daily candles (merged exactly with the raw rows after it)"})
+    raw_since = fields.DateTime(metadata={
+        "description": "Full-resolution rows of snapshot datasets are kept from here on (RETENTION_RAW_DAYS); "
+                       "older ones live only as rollups"})
     points = fields.List(fields.Nested(PointSchema), metadata={"description": "With interval=raw"})
     candles = fields.List(fields.Nested(CandleSchema), metadata={"description": "With an interval"})
 
 
-def asset_history(asset_ref: str, args: dict) -> dict:
+def rollup_for(step: timedelta, since: datetime, now: datetime, storage) -> tuple[str, timedelta] | None:
+    """The stored rollup that serves buckets of `step` back to `since`: hourly while they are kept, else
+    daily; None when `step` is finer than an hour (only raw rows can answer it)."""
+    for name, width in ROLLUPS:
+        if step % width == timedelta(0) and (
+                name == "1d" or since >= now - timedelta(days=storage.candle_hourly_retention_days)):
+            return name, width
+    return None
+
+
+def asset_history(asset_ref: str, args: dict, storage=None) -> dict:
     """The asset's points or candles, in one statement (on the read connection when the request read the
-    data version, else through SQLAlchemy); 404 when no asset has this id or slug."""
+    data version, else through SQLAlchemy); 404 when no asset has this id or slug. Candles merge the rows
+    still at full resolution with the maintenance task's rollups of older rows."""
+    from flask import current_app
+
+    storage = storage or current_app.config["SETTINGS"].storage
     ref = asset_ref.strip()
     by = "id" if ref.isascii() and ref.isdigit() and len(ref) < 19 else "slug"
     interval = args["interval"]
-    until = args.get("until") or datetime.now(timezone.utc)
+    now = datetime.now(timezone.utc)
+    until = args.get("until") or now
     since = args.get("since") or until - DEFAULT_SPAN[interval]
+    raw_since = now - timedelta(days=storage.retention_raw_days)
     params = {"asset_key": int(ref) if by == "id" else ref, "since": since, "until": until,
               "source": args.get("source"), "dataset": args.get("dataset"), "limit": args["limit"] + 1}
+    resolution = "raw"
     if interval != "raw":
-        params["step"] = INTERVALS[interval]
+        step = INTERVALS[interval]
+        rollup = rollup_for(step, since, now, storage)
+        if rollup and since < raw_since:
+            resolution = rollup[0]
+        name, width = rollup or ("none", timedelta(hours=1))
+        params.update(step=step, resolution=name, rollup_step=width)
     sql = (RAW_SQL if interval == "raw" else CANDLES_SQL)[by]
     rows = readcache.query(sql, params)
     if rows is None:
@@ -192,12 +239,10 @@ def asset_history(asset_ref: str, args: dict) -> dict:
     rows = [row for row in rows if row["source"] is not None]  # the one null row of an asset without rows
     out = {"asset_id": asset["a_id"], "slug": asset["a_slug"], "symbol": asset["a_symbol"], "interval": interval,
            "source": args.get("source"), "dataset": args.get("dataset"), "since": since, "until": until,
-           "truncated": len(rows) > args["limit"]}
-    now = datetime.now(timezone.utc)
+           "truncated": len(rows) > args["limit"], "resolution": resolution, "raw_since": raw_since}
     if interval == "raw":
         out["points"] = [{**row, "final": _point_final(row)} for row in rows[: args["limit"]]]
     else:
-        step = INTERVALS[interval]
         out["candles"] = [{**row, "final": _candle_final(row, step, now)} for row in rows[: args["limit"]]]
     return out
 

@@ -18,6 +18,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from .etl_metrics import EtlCollector
+from .storage_stats import StorageCollector
 
 blp = Blueprint("metrics", __name__, description="Prometheus metrics")
 EXTENSION = "cryptoflow_metrics"
@@ -63,6 +64,7 @@ def init_http_metrics(app) -> None:
     settings = app.config["SETTINGS"]
     etl.register(EtlCollector(settings.enabled_sources,
                               {name: settings.sources[name].schedule_seconds for name in settings.enabled_sources}))
+    etl.register(StorageCollector())
     app.extensions[EXTENSION] = {"http": http, "etl": etl}
 
 

@@ -22,7 +22,7 @@ from .auth import SECURITY, require_token
 from .compare import CompareArgsSchema, CompareSchema, compare_runs
 from .errors import ApiError
 from .pagination import bounded_count, list_metadata, window
-from .schemas import ConflictSchema, ErrorSchema, ListMetadataSchema, PageArgsSchema, SourceField
+from .schemas import ConflictSchema, ErrorSchema, ListMetadataSchema, PageArgsSchema
 
 log = logging.getLogger(__name__)
 blp = Blueprint("runs", __name__, url_prefix="/api/v1/runs", description="ETL runs: trigger, list, inspect, compare")
@@ -71,8 +71,12 @@ class RunArgsSchema(ma.Schema):
                                     metadata={"description": "How many rejected records to include"})
 
 
+RUN_SOURCES = (*SOURCES, "maintenance")   # maintenance: the storage maintenance task's runs
+
+
 class RunListArgsSchema(PageArgsSchema):
-    source = SourceField()
+    source = fields.String(validate=validate.OneOf(RUN_SOURCES), metadata={
+        "description": "Data source, or maintenance (rollups, retention, partitions)", "enum": list(RUN_SOURCES)})
     status = fields.String(validate=validate.OneOf(RUN_STATUSES), metadata={"enum": list(RUN_STATUSES)})
     trigger = fields.String(validate=validate.OneOf(RUN_TRIGGERS), metadata={"enum": list(RUN_TRIGGERS)})
 

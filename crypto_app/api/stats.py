@@ -15,6 +15,9 @@ from sqlalchemy import text
 
 from ..extensions import db
 from . import readcache
+from .storage_stats import storage_report
+
+MAINTENANCE = "maintenance"
 
 blp = Blueprint("stats", __name__, url_prefix="/api/v1", description="ETL and data statistics")
 
@@ -51,9 +54,24 @@ class DataStatsSchema(ma.Schema):
     newest_observation = fields.DateTime(allow_none=True)
 
 
+class StorageStatsSchema(ma.Schema):
+    tables = fields.Dict(keys=fields.String(), values=fields.Dict(), metadata={
+        "description": "Per table: bytes on disk (heap, TOAST, indexes; partitions summed), rows_estimate "
+                       "(planner estimate), partitions"})
+    rows_by_resolution = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
+        "description": "Estimated price rows: raw (quotes), 1h and 1d (rollup candles)"})
+    oldest = fields.Dict(keys=fields.String(), values=fields.DateTime(allow_none=True), metadata={
+        "description": "Oldest row kept per resolution (raw: observed_at; 1h/1d: candle bucket)"})
+    raw_payloads = fields.Dict(metadata={
+        "description": "bytes (raw_pages + raw_payloads), pages_with_body, oldest_body (first seen)"})
+
+
 class StatsSchema(RunStatsSchema):
-    by_source = fields.Dict(keys=fields.String(), values=fields.Nested(SourceStatsSchema))
+    by_source = fields.Dict(keys=fields.String(), values=fields.Nested(SourceStatsSchema), metadata={
+        "description": "Per source; `maintenance` is the storage maintenance task (fetched: rows rolled up, "
+                       "loaded: candle rows written), not counted in the overall totals"})
     data = fields.Nested(DataStatsSchema)
+    storage = fields.Nested(StorageStatsSchema)
 
 
 def _empty() -> dict:
@@ -86,7 +104,8 @@ def compute_stats() -> dict:
     total = _empty()
     by_source = {name: _empty() for name in settings.enabled_sources}
     for row in db.session.execute(RUNS_SQL).mappings():
-        _add(total, row)
+        if row["source"] != MAINTENANCE:          # its rows rolled up are not records processed
+            _add(total, row)
         _add(by_source.setdefault(row["source"], _empty()), row)
     out = _finish(total)
     out["by_source"] = {name: _finish(acc) | {"latest_quotes": 0, "newest_observation": None}
@@ -99,6 +118,7 @@ def compute_stats() -> dict:
         if row["newest"] and (data["newest_observation"] is None or row["newest"] > data["newest_observation"]):
             data["newest_observation"] = row["newest"]
     out["data"] = data
+    out["storage"] = storage_report()
     return out
 
 

@@ -41,6 +41,9 @@ class Quote(QuoteValues, db.Model):
         db.Index("ix_quotes_run", "run_id"),
     )
 
+    # Since migration 0005_storage the table is partitioned by observed_at and its key is the unique
+    # (asset_id, dataset_id, observed_at); `id` is a plain column (sequence default, no index) that the
+    # ORM still uses as its identity. Nothing reads quotes through the ORM.
     id = db.Column(db.BigInteger, primary_key=True)
     asset_id = db.Column(db.BigInteger, db.ForeignKey("assets.id", ondelete="CASCADE"), nullable=False)
     source = db.Column(db.Text, nullable=False)

@@ -62,12 +62,13 @@ class RawPayload(db.Model):
     content_hash = db.Column(db.Text, nullable=False)
     fetched_at = db.Column(db.DateTime(timezone=True), nullable=False, server_default=func.now())
     record_count = db.Column(db.Integer, nullable=False, default=0, server_default=db.text("0"))
-    body = db.Column(JSONB)
+    # the page's body lives once per content hash in raw_pages (migration 0005_storage)
 
 
 class RejectedRecord(db.Model):
     __tablename__ = "rejected_records"
-    __table_args__ = (db.Index("ix_rejected_records_run", "run_id"),)
+    __table_args__ = (db.Index("ix_rejected_records_run", "run_id"),
+                      db.Index("ix_rejected_records_created", "created_at"))
 
     id = db.Column(db.BigInteger, primary_key=True)
     run_id = db.Column(db.Uuid, nullable=False)

@@ -47,13 +47,27 @@ CREATE TEMP TABLE IF NOT EXISTS stage_quotes (
 ) ON COMMIT DELETE ROWS
 """
 
+_SET_FROM_STAGE = ", ".join(f"{c} = s.{c}" for c in STORED_COLUMNS + ("fetched_at", "run_id", "payload_hash"))
+_STAGE_CHANGED = "({q}) IS DISTINCT FROM ({s})".format(q=", ".join(f"q.{c}" for c in STORED_COLUMNS),
+                                                       s=", ".join(f"s.{c}" for c in STORED_COLUMNS))
+# quotes is partitioned (migration 0005_storage), so RETURNING cannot read xmax to tell an insert from an
+# update: new rows are inserted (DO NOTHING on the key), then the rows that existed before this statement
+# (the UPDATE reads the statement's snapshot, not the rows the INSERT just wrote) are updated where a value
+# or a flag differs. The time bounds let PostgreSQL prune the partitions the batch cannot touch.
 _UPSERT_QUOTES = f"""
-WITH written AS (
+WITH inserted AS (
     INSERT INTO quotes (source, dataset_id, {_COLS})
     SELECT %(source)s, %(dataset_id)s, {_COLS} FROM stage_quotes
-    ON CONFLICT (asset_id, dataset_id, observed_at) DO UPDATE SET {_SET}
-    WHERE {_VALUES_CHANGED % {"table": "quotes"}}
-    RETURNING asset_id, observed_at, (xmax = 0) AS inserted
+    ON CONFLICT (asset_id, dataset_id, observed_at) DO NOTHING
+    RETURNING asset_id, observed_at
+), updated AS (
+    UPDATE quotes q SET {_SET_FROM_STAGE} FROM stage_quotes s
+    WHERE q.asset_id = s.asset_id AND q.dataset_id = %(dataset_id)s AND q.observed_at = s.observed_at
+      AND q.observed_at >= %(first)s AND q.observed_at <= %(last)s AND {_STAGE_CHANGED}
+    RETURNING q.asset_id, q.observed_at
+), written AS (
+    SELECT asset_id, observed_at, true AS inserted FROM inserted
+    UNION ALL SELECT asset_id, observed_at, false FROM updated
 ), counted AS (
     INSERT INTO dataset_assets AS da (dataset_id, asset_id, rows, first_observed_at, last_observed_at)
     SELECT %(dataset_id)s, asset_id, count(*) FILTER (WHERE inserted), min(observed_at), max(observed_at)
@@ -160,10 +174,7 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
     try:
         with conn.cursor() as cur:
             guard_run(cur, batch.run_id, batch.source)
-            cur.execute("INSERT INTO raw_payloads (run_id, source, locator, content_hash, fetched_at, record_count, body) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                        (batch.run_id, batch.source, Json(batch.locator), batch.content_hash, batch.fetched_at,
-                         batch.record_count, Json(_jsonable(batch.raw_body)) if batch.raw_body is not None else None))
+            _store_raw(cur, batch)
             if batch.rejections:
                 execute_values(cur, "INSERT INTO rejected_records (run_id, source, reason, errors, record, locator) VALUES %s",
                                [(batch.run_id, batch.source, _jsonable(reason), Json(_jsonable(errors)),
@@ -243,6 +254,27 @@ class BatchWriter:
             raise self._error
 
 
+_RAW_PAGE = """
+INSERT INTO raw_pages AS p (content_hash, source, record_count, body, first_seen_at, last_seen_at)
+VALUES (%(hash)s, %(source)s, %(count)s, %(body)s, %(at)s, %(at)s)
+ON CONFLICT (content_hash) DO UPDATE SET last_seen_at = GREATEST(p.last_seen_at, EXCLUDED.last_seen_at),
+    body = COALESCE(p.body, EXCLUDED.body),
+    pruned_at = CASE WHEN p.body IS NULL AND EXCLUDED.body IS NOT NULL THEN NULL ELSE p.pruned_at END
+"""
+
+
+def _store_raw(cur, batch: LoadBatch) -> None:
+    """The page's content once per hash (raw_pages; seen again: only its last_seen_at moves, and a pruned
+    body comes back), and this run's reference to it (raw_payloads: run, locator, hash)."""
+    body = Json(_jsonable(batch.raw_body)) if batch.raw_body is not None else None
+    cur.execute(_RAW_PAGE, {"hash": batch.content_hash, "source": batch.source, "count": batch.record_count,
+                            "body": body, "at": batch.fetched_at})
+    cur.execute("INSERT INTO raw_payloads (run_id, source, locator, content_hash, fetched_at, record_count) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (batch.run_id, batch.source, Json(batch.locator), batch.content_hash, batch.fetched_at,
+                 batch.record_count))
+
+
 def _dedupe(rows: list[dict]) -> list[dict]:
     """Keep the last record per (asset, observed_at): one bad duplicate must not fail the batch."""
     unique = {}
@@ -274,7 +306,8 @@ def _upsert_quotes(cur, batch: LoadBatch, rows: list[dict]) -> BatchResult:
         buffer.write("\n")
     buffer.seek(0)
     cur.copy_expert(f"COPY stage_quotes ({_COLS}) FROM STDIN", buffer)
-    params = {"source": batch.source, "dataset_id": batch.dataset_id}
+    params = {"source": batch.source, "dataset_id": batch.dataset_id,
+              "first": min(row["observed_at"] for row in rows), "last": max(row["observed_at"] for row in rows)}
     cur.execute(_UPSERT_QUOTES, params)
     inserted, updated = cur.fetchone()
     cur.execute(_UPSERT_LATEST, params)

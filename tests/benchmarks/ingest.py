@@ -21,7 +21,7 @@ CREATE TABLE {name} (
 )"""
 # Symbols are shared by several coins: (symbol, name) is the coin, as the product's identity has it.
 FLOOR_INDEX = "CREATE UNIQUE INDEX {name}_key ON {name} (symbol, name, date)"
-DATA_TABLES = ("rejected_records", "raw_payloads", "quotes", "latest_quotes", "dataset_assets", "datasets",
+DATA_TABLES = ("rejected_records", "raw_payloads", "raw_pages", "candles", "quotes", "latest_quotes", "dataset_assets", "datasets",
                "asset_identifiers", "assets",
                "checkpoints")
 

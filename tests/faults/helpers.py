@@ -47,7 +47,7 @@ def snapshot(conn) -> dict:
 
 def truncate_all(conn) -> None:
     with conn.cursor() as cur:
-        cur.execute("TRUNCATE backfill_windows, backfills, rejected_records, raw_payloads, quotes, latest_quotes, dataset_assets, datasets, "
+        cur.execute("TRUNCATE backfill_windows, backfills, rejected_records, raw_payloads, raw_pages, candles, quotes, latest_quotes, dataset_assets, datasets, "
                     "asset_identifiers, assets, "
                     "checkpoints, etl_runs RESTART IDENTITY CASCADE")
 

@@ -1,0 +1,278 @@
+"""Soak: the default schedules' load for simulated days, through the real load path, with maintenance.
+
+    make soak ARGS="--days 12 --retention-days 3"
+    python -m tests.benchmarks.soak --days 12 --retention-days 3 [--database NAME]
+
+Every simulated 5 minutes: CoinPaprika's 2,000 tickers (one batch, as its run stores them) and CoinGecko's
+1,000 coins (4 batches of 250), each coin with a new price and observation time and the batch's raw JSON
+page in real shape (tests/fake_upstream.py), written with crypto_app.pipeline.load.load_batch (COPY,
+upsert, latest quotes, dataset stats, raw page, run counters). Every simulated hour the maintenance run
+(crypto_app.pipeline.maintenance.maintain, with the simulated clock) creates partitions ahead, rolls up
+and drops expired weeks, and applies the retentions. The simulated clock starts now and moves forward
+(partitions are created ahead as it goes, as in production).
+
+It runs in its own database (`<DATABASE_URL's name>_soak`, dropped and migrated first) and writes
+bench-results/soak-<time>.json: per simulated day the rows and bytes written, the database size,
+the time spent loading and in maintenance. RETENTION_RAW_DAYS is --retention-days (short, so that a
+short span reaches the steady state); the README projects the default 30 days from the per-day figures.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg2
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from crypto_app.config import load_settings  # noqa: E402
+from crypto_app.pipeline import lifecycle, partitions  # noqa: E402
+from crypto_app.pipeline.load import LoadBatch, load_batch  # noqa: E402
+from crypto_app.pipeline.maintenance import maintain  # noqa: E402
+from fake_upstream import gecko_coin, paprika_ticker  # noqa: E402
+
+TICK = timedelta(minutes=5)
+PAPRIKA, GECKO, GECKO_PAGE = 2000, 1000, 250
+
+
+def fresh_database(url: str) -> str:
+    parts = urlsplit(url)
+    name = (parts.path.lstrip("/") or "cryptoflow") + "_soak"
+    admin = psycopg2.connect(parts._replace(path="/postgres").geturl())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')   # noqa: S608 (our own name)
+        cur.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+    soak_url = parts._replace(path="/" + name).geturl()
+    subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi:app", "db", "upgrade"], cwd=ROOT, check=True,
+                   env={**os.environ, "DATABASE_URL": soak_url}, capture_output=True)
+    return soak_url
+
+
+def setup(conn) -> dict:
+    """Assets and identifiers for coin-1..coin-2000, the two API datasets; returns {source: dataset id}."""
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO assets (slug, symbol, name) SELECT 'coin-' || i, 'C' || i, 'Coin ' || i "
+                    "FROM generate_series(1, %s) i", (PAPRIKA,))
+        cur.execute("INSERT INTO datasets (name, source, endpoint) VALUES ('coinpaprika:tickers', 'coinpaprika', "
+                    "'tickers'), ('coingecko:markets', 'coingecko', 'markets') RETURNING source, id")
+        datasets = dict(cur.fetchall())
+        cur.execute("SELECT slug, id FROM assets")
+        ids = dict(cur.fetchall())
+    conn.commit()
+    return {"datasets": datasets, "assets": [ids[f"coin-{i}"] for i in range(1, PAPRIKA + 1)]}
+
+
+def batches(world: dict, templates: dict, at: datetime, tick: int, run_ids: dict):
+    """The tick's batches: prices move a little every tick; bodies in the upstream's shape."""
+    def price(i: int) -> Decimal:
+        return (Decimal(1000) / i * (1 + Decimal((tick * 7 + i * 13) % 101 - 50) / 1000)).quantize(Decimal("1e-8"))
+
+    stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    body, rows = [], []
+    for i in range(1, PAPRIKA + 1):
+        p = price(i)
+        rec = templates["paprika"][i - 1]
+        rec["last_updated"] = stamp
+        rec["quotes"]["USD"]["price"] = float(p)
+        body.append(copy.copy(rec))
+        rows.append({"asset_id": world["assets"][i - 1], "price_usd": p, "market_cap_usd": p * 10**9 // i,
+                     "volume_24h_usd": p * 10**7, "market_cap_rank": i, "observed_at": at})
+    yield "coinpaprika", rows, body, {"path": "/v1/tickers"}, run_ids["coinpaprika"]
+    for page in range(GECKO // GECKO_PAGE):
+        body, rows = [], []
+        for i in range(page * GECKO_PAGE + 1, (page + 1) * GECKO_PAGE + 1):
+            p = price(i)
+            rec = templates["gecko"][i - 1]
+            rec["last_updated"], rec["current_price"] = stamp, float(p)
+            body.append(copy.copy(rec))
+            rows.append({"asset_id": world["assets"][i - 1], "price_usd": p, "high_usd": p * Decimal("1.02"),
+                         "low_usd": p * Decimal("0.97"), "market_cap_usd": p * 10**9 // i,
+                         "volume_24h_usd": p * 10**7, "market_cap_rank": i, "observed_at": at})
+        yield "coingecko", rows, body, {"page": page + 1}, run_ids["coingecko"]
+
+
+def sizes(conn) -> dict:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_database_size(current_database())")
+        db_bytes = cur.fetchone()[0]
+        out = {"database": db_bytes}
+        for table in ("quotes", "candles", "raw_pages", "raw_payloads", "latest_quotes", "dataset_assets"):
+            cur.execute("SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                        "WHERE c.oid = %s::regclass OR c.oid IN (SELECT inhrelid FROM pg_inherits "
+                        "WHERE inhparent = %s::regclass)", (table, table))
+            out[table] = int(cur.fetchone()[0])
+        cur.execute("SELECT (SELECT count(*) FROM quotes), (SELECT count(*) FROM candles WHERE resolution = '1h'), "
+                    "(SELECT count(*) FROM candles WHERE resolution = '1d'), "
+                    "(SELECT count(*) FROM raw_pages WHERE body IS NOT NULL)")
+        out["rows"] = dict(zip(("quotes", "candles_1h", "candles_1d", "raw_pages_with_body"), cur.fetchone()))
+    conn.commit()
+    return out
+
+
+def run(days: int, retention_days: int) -> dict:
+    url = fresh_database(os.environ["DATABASE_URL"])
+    settings = load_settings({**os.environ, "DATABASE_URL": url, "RETENTION_RAW_DAYS": str(retention_days),
+                              "RAW_PAYLOAD_RETENTION_DAYS": str(retention_days)})
+    conn = psycopg2.connect(settings.libpq_url)
+    world = setup(conn)
+    templates = {"paprika": [paprika_ticker(i) for i in range(1, PAPRIKA + 1)],
+                 "gecko": [gecko_coin(i) for i in range(1, GECKO + 1)]}
+    start = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    report = {"days": days, "retention_raw_days": retention_days, "start": start.isoformat(), "per_day": []}
+    at, tick = start, 0
+    for day in range(days):
+        load_s = maint_s = 0.0
+        rows_written = 0
+        day_runs = {}
+        for hour in range(24):
+            run_ids = {}
+            for source in ("coinpaprika", "coingecko"):
+                run_ids[source] = str(uuid.uuid4())
+                lifecycle.create_run(conn, run_ids[source], source, "schedule")
+            for _ in range(12):
+                t0 = time.perf_counter()
+                for source, rows, body, locator, run_id in batches(world, templates, at, tick, run_ids):
+                    digest = f"{source}:{at.isoformat()}:{locator}"
+                    result = load_batch(conn, LoadBatch(
+                        run_id=run_id, source=source, rows=rows, content_hash=digest, locator=locator,
+                        fetched_at=at, dataset_id=world["datasets"][source], raw_body=body, record_count=len(rows)))
+                    rows_written += result.inserted
+                load_s += time.perf_counter() - t0
+                at += TICK
+                tick += 1
+            for run_id in run_ids.values():
+                lifecycle.finish_run(conn, run_id, "succeeded")
+            run_id = str(uuid.uuid4())               # the hourly maintenance run, on the simulated clock
+            lifecycle.create_run(conn, run_id, "maintenance", "schedule")
+            t0 = time.perf_counter()
+            counts = maintain(conn, run_id, settings.storage, now=at, dsn=settings.libpq_url)
+            maint_s += time.perf_counter() - t0
+            lifecycle.finish_run(conn, run_id, "succeeded")
+            for k, v in counts.items():
+                if isinstance(v, int):
+                    day_runs[k] = day_runs.get(k, 0) + v
+        entry = {"day": day + 1, "rows_written": rows_written, "load_seconds": round(load_s, 1),
+                 "maintenance_seconds": round(maint_s, 1), "maintenance": day_runs, "sizes": sizes(conn)}
+        report["per_day"].append(entry)
+        print(json.dumps(entry), flush=True)
+    conn.close()
+    return report
+
+
+FAST_QUOTES = """
+INSERT INTO quotes (asset_id, source, dataset_id, price_usd, high_usd, low_usd, market_cap_usd, volume_24h_usd,
+                    market_cap_rank, observed_at, fetched_at, run_id, payload_hash)
+SELECT a.id, s.source, s.dataset_id, x.p, CASE WHEN s.ohlc THEN x.p * 1.02 END, CASE WHEN s.ohlc THEN x.p * 0.97 END,
+       round(x.p * 1000000000 / a.i), round(x.p * 10000000), a.i, t, t, %(run)s, s.source || ':' || t::text
+FROM generate_series(%(since)s::timestamptz, %(until)s::timestamptz - interval '1 second', interval '5 minutes') t
+CROSS JOIN (VALUES ('coinpaprika', %(paprika)s, 2000, false), ('coingecko', %(gecko)s, 1000, true))
+    AS s(source, dataset_id, n, ohlc)
+JOIN soak_assets a ON a.i <= s.n
+CROSS JOIN LATERAL (SELECT round((1000.0 / a.i * (0.95 + random() * 0.1))::numeric, 8) AS p) x
+"""
+FAST_PAGES = """
+WITH pages AS (
+    INSERT INTO raw_pages (content_hash, source, record_count, body, first_seen_at, last_seen_at)
+    SELECT b.source || ':' || b.page || ':' || t::text, b.source, b.records,
+           jsonb_set(b.body, '{0,last_updated}', to_jsonb(t::text)), t, t
+    FROM generate_series(%(since)s::timestamptz, %(until)s::timestamptz - interval '1 second',
+                         interval '5 minutes') t CROSS JOIN soak_bodies b
+    RETURNING content_hash, source, record_count, first_seen_at
+)
+INSERT INTO raw_payloads (run_id, source, locator, content_hash, fetched_at, record_count)
+SELECT %(run)s, source, '{}'::jsonb, content_hash, first_seen_at, record_count FROM pages
+"""
+
+
+def run_fast(days: int, retention_days: int) -> dict:
+    """--fast: the same rows (3,000 every 5 minutes) and raw pages (one real-shaped body per page, its
+    time changed) written set-based per simulated hour instead of through load_batch, so that weeks of
+    data fit in minutes; maintenance runs hourly on the simulated clock exactly as in the real mode."""
+    url = fresh_database(os.environ["DATABASE_URL"])
+    settings = load_settings({**os.environ, "DATABASE_URL": url, "RETENTION_RAW_DAYS": str(retention_days),
+                              "RAW_PAYLOAD_RETENTION_DAYS": str(retention_days)})
+    conn = psycopg2.connect(settings.libpq_url)
+    world = setup(conn)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE soak_assets AS SELECT a.id, substr(a.slug, 6)::int AS i FROM assets a")
+        cur.execute("CREATE TABLE soak_bodies (source text, page int, records int, body jsonb)")
+        paprika = [paprika_ticker(i) for i in range(1, PAPRIKA + 1)]
+        gecko = [gecko_coin(i) for i in range(1, GECKO + 1)]
+        cur.execute("INSERT INTO soak_bodies VALUES ('coinpaprika', 1, %s, %s)", (PAPRIKA, json.dumps(paprika)))
+        for page in range(GECKO // GECKO_PAGE):
+            cur.execute("INSERT INTO soak_bodies VALUES ('coingecko', %s, %s, %s)",
+                        (page + 1, GECKO_PAGE, json.dumps(gecko[page * GECKO_PAGE:(page + 1) * GECKO_PAGE])))
+        cur.execute("INSERT INTO dataset_assets (dataset_id, asset_id, rows) SELECT d.id, a.id, 0 FROM soak_assets a "
+                    "JOIN datasets d ON a.i <= CASE d.source WHEN 'coinpaprika' THEN 2000 ELSE 1000 END")
+    conn.commit()
+    # from Friday 00:00 of this week: the first week ends 3 days in, so a short span sees weeks dropped
+    start = partitions.week_start(datetime.now(timezone.utc)) + timedelta(days=4)
+    report = {"mode": "fast", "days": days, "retention_raw_days": retention_days, "start": start.isoformat(),
+              "per_day": []}
+    at = start
+    for day in range(days):
+        load_s = maint_s = 0.0
+        day_runs = {}
+        for hour in range(24):
+            run_id = str(uuid.uuid4())
+            lifecycle.create_run(conn, run_id, "coinpaprika", "schedule")
+            t0 = time.perf_counter()
+            params = {"since": at, "until": at + timedelta(hours=1), "run": run_id,
+                      "paprika": world["datasets"]["coinpaprika"], "gecko": world["datasets"]["coingecko"]}
+            with conn.cursor() as cur:
+                cur.execute(FAST_QUOTES, params)
+                cur.execute(FAST_PAGES, params)
+                cur.execute("UPDATE dataset_assets SET rows = rows + 12, "
+                            "first_observed_at = coalesce(first_observed_at, %(since)s), "
+                            "last_observed_at = %(until)s - interval '5 minutes'", params)
+            conn.commit()
+            lifecycle.finish_run(conn, run_id, "succeeded")
+            load_s += time.perf_counter() - t0
+            at += timedelta(hours=1)
+            maintenance_id = str(uuid.uuid4())
+            lifecycle.create_run(conn, maintenance_id, "maintenance", "schedule")
+            t0 = time.perf_counter()
+            counts = maintain(conn, maintenance_id, settings.storage, now=at, dsn=settings.libpq_url)
+            maint_s += time.perf_counter() - t0
+            lifecycle.finish_run(conn, maintenance_id, "succeeded")
+            for k, v in counts.items():
+                if isinstance(v, int):
+                    day_runs[k] = day_runs.get(k, 0) + v
+        entry = {"day": day + 1, "load_seconds": round(load_s, 1), "maintenance_seconds": round(maint_s, 1),
+                 "maintenance": day_runs, "sizes": sizes(conn)}
+        report["per_day"].append(entry)
+        print(json.dumps(entry), flush=True)
+    conn.close()
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--days", type=int, default=12)
+    parser.add_argument("--retention-days", type=int, default=3)
+    parser.add_argument("--fast", action="store_true", help="set-based writes instead of load_batch (see run_fast)")
+    args = parser.parse_args(argv)
+    report = (run_fast if args.fast else run)(args.days, args.retention_days)
+    out = ROOT / "bench-results" / f"soak-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print(f"report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

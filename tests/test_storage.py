@@ -1,0 +1,167 @@
+"""Storage (issue 11): raw pages stored once per content hash, rollups before retention, the history API
+reading rollups, retention of raw bodies and rejected records, maintenance runs recorded like ingestion."""
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import api_data as d
+from crypto_app.pipeline.maintenance import deliver_maintenance
+from pipeline_helpers import run_inline, settings_for, table
+from storage_data import assets, expected_candles, now, write_snapshots
+
+FAST = dict(COINGECKO_RATE_PER_MINUTE=6000, COINGECKO_RATE_BURST=10, COINGECKO_PER_PAGE=100, COINGECKO_MAX_PAGES=3)
+
+
+def candles(db_conn, resolution: str) -> dict:
+    rows = table(db_conn, "SELECT asset_id, bucket, o_open, o_high, o_low, close, samples FROM candles "
+                          "WHERE resolution = %s", (resolution,))
+    return {(a, b): (o, h, lo, c, n) for a, b, o, h, lo, c, n in rows}
+
+
+def test_an_unchanged_page_is_stored_once_and_named_by_every_run(fake_upstream, test_env, db_conn):
+    fake_upstream.set_coins(300)
+    settings = settings_for(test_env, **fake_upstream.env(**FAST))
+    first, _ = run_inline(settings, "coingecko")
+    second, _ = run_inline(settings, "coingecko")
+    refs = table(db_conn, "SELECT run_id::text, content_hash FROM raw_payloads ORDER BY id")
+    assert len(refs) == 6 and {r[0] for r in refs} == {first, second}
+    pages = table(db_conn, "SELECT content_hash, body IS NOT NULL, record_count FROM raw_pages")
+    assert len(pages) == 3                                  # stored once, referenced twice
+    assert {h for _, h in refs} == {h for h, _, _ in pages}
+    assert all(has_body and count == 100 for _, has_body, count in pages)
+    orphans = table(db_conn, "SELECT count(*) FROM quotes q WHERE NOT EXISTS "
+                             "(SELECT 1 FROM raw_pages p WHERE p.content_hash = q.payload_hash)")
+    assert orphans == [(0,)]
+
+
+def test_maintenance_rolls_up_rows_before_it_deletes_them_once(db_conn, test_env, settings):
+    ids = assets(db_conn, 3)
+    run_id = d.run(db_conn, "coingecko")
+    start = (now() - timedelta(days=45)).replace(hour=22, minute=0, second=0, microsecond=0)
+    old = write_snapshots(test_env["DATABASE_URL"], run_id, ids, start, count=26 * 12)    # 26 h, every 5 min
+    recent = write_snapshots(test_env["DATABASE_URL"], run_id, ids, now() - timedelta(days=1), count=6, seed=2)
+    d.rejected(db_conn, run_id, "coingecko", "price_usd: must be positive", {"price_usd": ["bad"]})
+    d.rejected(db_conn, run_id, "coingecko", "price_usd: must be positive", {"price_usd": ["bad"]})
+    with db_conn.cursor() as cur:
+        cur.execute("UPDATE rejected_records SET created_at = now() - interval '91 days' "
+                    "WHERE id = (SELECT min(id) FROM rejected_records)")
+
+    step = deliver_maintenance(settings, trigger="cli", kind="cli")
+    assert step.status == "succeeded", step
+
+    cutoff = now()
+    assert table(db_conn, "SELECT count(*) FROM quotes") == [(len(recent),)]
+    assert candles(db_conn, "1h") == expected_candles(old, cutoff, timedelta(hours=1))
+    assert candles(db_conn, "1d") == expected_candles(old, cutoff, timedelta(days=1))
+    assert sum(c[4] for c in candles(db_conn, "1d").values()) == len(old)
+    # dataset_assets: the raw rows left, and their span
+    assert sorted(table(db_conn, "SELECT asset_id, rows FROM dataset_assets")) == [(a, 6) for a in ids]
+    assert table(db_conn, "SELECT count(*) FROM dataset_assets WHERE first_observed_at < now() - interval '2 days'"
+                 ) == [(0,)]
+    # old page bodies pruned, their hashes kept; the old rejection gone, the new one kept
+    assert table(db_conn, "SELECT count(*) FILTER (WHERE body IS NULL), count(*) FROM raw_pages") == [
+        (26 * 12, 26 * 12 + 6)]
+    assert table(db_conn, "SELECT count(*) FROM rejected_records") == [(1,)]
+    run = table(db_conn, "SELECT source, trigger, status, fetched, loaded - (stats->>'daily_candles')::int, "
+                         "stats->>'hourly_candles', stats->>'raw_pages_pruned' FROM etl_runs WHERE id = %s",
+                (step.run_id,))
+    hours = len(expected_candles(old, cutoff, timedelta(hours=1)))
+    assert run == [("maintenance", "cli", "succeeded", len(old), hours, str(hours), str(26 * 12))]
+
+    before = (candles(db_conn, "1h"), candles(db_conn, "1d"))
+    again = deliver_maintenance(settings, trigger="cli", kind="cli")
+    assert again.status == "succeeded" and again.summary["quotes_rolled_up"] == 0
+    assert (candles(db_conn, "1h"), candles(db_conn, "1d")) == before      # idempotent
+
+    # a row that arrives late for a rolled-up hour merges in: a new extreme and the count, nothing else
+    late_at = start + timedelta(hours=3, minutes=2)
+    d.quote(db_conn, ids[0], "coingecko", "99999", run_id, late_at)
+    deliver_maintenance(settings, trigger="cli", kind="cli")
+    bucket = start + timedelta(hours=3)
+    o, h, lo, c, n = before[0][(ids[0], bucket)]
+    assert candles(db_conn, "1h")[(ids[0], bucket)] == (o, Decimal("99999"), lo, c, n + 1)
+
+
+def test_history_answers_from_rollups_and_says_so(client, db_conn, test_env, settings):
+    ids = assets(db_conn, 1)
+    run_id = d.run(db_conn, "coingecko")
+    start = (now() - timedelta(days=40)).replace(hour=0, minute=0, second=0, microsecond=0)
+    old = write_snapshots(test_env["DATABASE_URL"], run_id, ids, start, count=48 * 12)
+    window = f"since={start.isoformat()}&until={(start + timedelta(days=2)).isoformat()}".replace("+", "%2B")
+    before = client.get(f"/api/v1/assets/coin-1/history?interval=4h&{window}").get_json()
+    assert before["resolution"] == "1h"         # the window reaches past raw_since (not yet rolled up here)
+
+    assert deliver_maintenance(settings, trigger="cli", kind="cli").status == "succeeded"
+    assert table(db_conn, "SELECT count(*) FROM quotes") == [(0,)]
+    after = client.get(f"/api/v1/assets/coin-1/history?interval=4h&{window}").get_json()
+    assert after["resolution"] == "1h" and after["candles"] == before["candles"]      # the same answer
+    assert len(after["candles"]) == 12 and sum(c["samples"] for c in after["candles"]) == len(old)
+    day = client.get(f"/api/v1/assets/coin-1/history?interval=1d&{window}").get_json()
+    expected = expected_candles(old, now(), timedelta(days=1))
+    assert [(c["open"], c["high"], c["low"], c["close"]) for c in day["candles"]] == [
+        tuple(str(v) for v in expected[(ids[0], b)][:4]) for b in sorted(b for _, b in expected)]
+    recent = client.get("/api/v1/assets/coin-1/history?interval=1h").get_json()
+    assert recent["resolution"] == "raw"
+
+
+def test_expired_weeks_are_dropped_whole_unless_they_hold_rows_to_keep(db_conn, test_env, settings):
+    from crypto_app.pipeline import partitions
+
+    ids = assets(db_conn, 2)
+    run_id = d.run(db_conn, "coingecko")
+    pure = partitions.week_start(now() - timedelta(days=50))
+    mixed = pure + timedelta(weeks=1)
+    write_snapshots(test_env["DATABASE_URL"], run_id, ids, pure + timedelta(hours=1), count=12)
+    write_snapshots(test_env["DATABASE_URL"], run_id, ids, mixed + timedelta(hours=1), count=12, seed=3)
+    with db_conn.cursor() as cur:    # a daily candle dataset (a CSV file) in the second week: it is history
+        cur.execute("INSERT INTO datasets (name, source, native_interval) VALUES ('csv:daily.csv', 'csv', "
+                    "interval '1 day') RETURNING id")
+        daily = cur.fetchone()[0]
+        cur.execute("INSERT INTO quotes (asset_id, source, dataset_id, price_usd, observed_at, fetched_at, run_id, "
+                    "payload_hash) VALUES (%s, 'csv', %s, 42, %s, now(), %s, 'h')",
+                    (ids[0], daily, mixed + timedelta(days=2), run_id))
+    assert deliver_maintenance(settings, trigger="cli", kind="cli").status == "succeeded"
+
+    names = {p.name for p in partitions.partitions(db_conn)}
+    assert f"quotes_w{pure:%Y%m%d}" not in names                  # dropped: no DELETE
+    assert f"quotes_w{mixed:%Y%m%d}" in names                     # kept for the CSV row; snapshots deleted
+    assert table(db_conn, "SELECT source, price_usd FROM quotes") == [("csv", Decimal("42"))]
+    assert table(db_conn, "SELECT count(*), sum(samples) FROM candles WHERE resolution = '1h'") == [(4, 48)]
+    ahead = partitions.week_start(now() + timedelta(weeks=partitions.WEEKS_AHEAD))
+    assert f"quotes_w{ahead:%Y%m%d}" in names                     # created ahead
+
+
+def test_storage_is_reported_in_stats_metrics_and_health(client, db_conn, test_env, settings):
+    ids = assets(db_conn, 2)
+    run_id = d.run(db_conn, "coingecko")
+    write_snapshots(test_env["DATABASE_URL"], run_id, ids, now() - timedelta(days=45), count=24)
+    write_snapshots(test_env["DATABASE_URL"], run_id, ids, now() - timedelta(hours=2), count=3, seed=4)
+    assert deliver_maintenance(settings, trigger="cli", kind="cli").status == "succeeded"
+    with db_conn.cursor() as cur:
+        cur.execute("ANALYZE quotes; ANALYZE candles")
+
+    body = client.get("/api/v1/stats").get_json()
+    storage = body["storage"]
+    assert storage["tables"]["quotes"]["bytes"] > 0 and storage["tables"]["quotes"]["partitions"] > 4
+    assert set(storage["rows_by_resolution"]) == {"raw", "1h", "1d"} and storage["rows_by_resolution"]["1h"] >= 4
+    assert storage["oldest"]["1h"] is not None and storage["oldest"]["raw"] is not None
+    assert storage["oldest"]["1h"] < storage["oldest"]["raw"]
+    assert body["by_source"]["maintenance"]["total_runs"] == 1
+    assert body["total_runs"] == 1                           # the coingecko run; maintenance kept apart
+    runs = client.get("/api/v1/runs?source=maintenance").get_json()
+    assert [(r["source"], r["status"]) for r in runs["data"]] == [("maintenance", "succeeded")], runs
+
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'cryptoflow_storage_bytes{table="quotes"}' in metrics
+    assert 'cryptoflow_storage_oldest_seconds{resolution="1h"}' in metrics
+    assert "cryptoflow_maintenance_last_success_age_seconds" in metrics
+    assert 'cryptoflow_etl_runs_total{source="maintenance",status="succeeded"} 1.0' in metrics
+
+    assert client.get("/health").get_json()["maintenance"]["status"] == "ok"
+    with db_conn.cursor() as cur:
+        cur.execute("UPDATE etl_runs SET finished_at = now() - interval '5 hours' WHERE source = 'maintenance'")
+    health = client.get("/health").get_json()
+    assert health["status"] == "degraded" and health["maintenance"]["status"] == "degraded"
+    assert any(reason.startswith("maintenance (rollups, retention, partitions) has not succeeded")
+               for reason in health["reasons"])
