@@ -49,3 +49,12 @@ def test_money_rules():
     assert clean["change_24h_pct"] == Decimal("-4.2") and clean["max_supply"] is None
     assert clean["market_cap_usd"] == Decimal("1E+40")
     assert clean["observed_at"] == datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def test_a_lone_sign_or_currency_mark_is_not_a_number_and_never_crashes():
+    # found by hypothesis (tests/faults/test_properties.py): "$" raised IndexError instead of ValueError
+    from crypto_app.pipeline.validate import parse_decimal
+
+    for text in ("$", "-", "+", "$-", "$+", "-$", " $ "):
+        with pytest.raises(ValueError):
+            parse_decimal(text)

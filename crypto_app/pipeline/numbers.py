@@ -126,11 +126,11 @@ def parse_text(text: str, mark: str | None = MACHINE) -> Decimal:
 def _slow(text: str, mark: str | None) -> Decimal:
     body = text.translate(_SPACES).strip()
     sign = ""
-    if body[:1] in "+-":
+    if body.startswith(("+", "-")):         # not `body[:1] in "+-"`: "" is in every string ("$" crashed)
         sign, body = body[0], body[1:]
     if body.startswith("$"):
         body = body[1:]
-        if not sign and body[:1] in "+-":
+        if not sign and body.startswith(("+", "-")):
             sign, body = body[0], body[1:]
     for shape, pattern in _SHAPES:
         if pattern.fullmatch(body):
