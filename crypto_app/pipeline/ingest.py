@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from ..coordination import RateLimiter
 from ..sources import build_source
 from ..sources.base import Batch, SourceError
+from .columnar import ColumnRows, transform_block
 from .datasets import DatasetRegistry
 from .drift import detect_drift, observe
 from .identity import IdentityError, IdentityResolver, load_overrides
@@ -127,15 +128,15 @@ class IngestionRun:
                 reason = self.should_stop()
                 if reason:
                     raise RunSuperseded(reason)
-                dataset = datasets.for_batch(source, batch.locator) if batch.records else None
+                dataset = datasets.for_batch(source, batch.locator) if batch.size else None
                 rows, rejections, quality = transform(source, resolver, batch, checks,
                                                       dataset.id if dataset else None)
-                observe(seen_types, batch.records)
-                counts = {"fetched": len(batch.records) + len(batch.invalid), "loaded": len(rows),
+                observe(seen_types, sample_records(batch))
+                counts = {"fetched": batch.size + len(batch.invalid), "loaded": len(rows),
                           "rejected": len(rejections), "pages": 1}
                 for key in ("fetched", "loaded", "rejected", "pages"):
                     totals[key] += counts[key]
-                batch_newest = max((r["observed_at"] for r in rows), default=None)
+                batch_newest = newest_observed_at(rows)
                 if batch_newest and (newest is None or batch_newest.isoformat() > newest):
                     newest = batch_newest.isoformat()
                 checkpoint = {"position": batch.next_cursor, "run_id": self.run_id, "complete": False,
@@ -150,7 +151,7 @@ class IngestionRun:
                     dataset_interval=datasets.learned_interval(dataset, rows) if dataset else None,
                     content_hash=batch.content_hash,
                     locator=batch.locator, fetched_at=batch.fetched_at, raw_body=batch.raw,
-                    record_count=len(batch.records), rejections=rejections, checkpoint=checkpoint,
+                    record_count=batch.size, rejections=rejections, checkpoint=checkpoint,
                     run_counters=counts, run_stats=snapshot, quality=quality), counts)
             writer.close()
         except SourceError as exc:
@@ -228,7 +229,12 @@ def transform(source, resolver: IdentityResolver, batch: Batch, checks: Plausibi
 
     Numbers of a source without a fixed number format (CSV files) are read under the decimal mark of
     their column in this batch (crypto_app.pipeline.numbers). Every row carries `flags` (the soft
-    plausibility rules it tripped), stored in quotes.flags; `price_jump` compares within `dataset_id`."""
+    plausibility rules it tripped), stored in quotes.flags; `price_jump` compares within `dataset_id`.
+
+    A CSV chunk read column-wise (batch.block) goes through crypto_app.pipeline.columnar, which applies
+    these same rules to whole columns and returns its rows as columns (ColumnRows)."""
+    if batch.block is not None:
+        return transform_block(source, resolver, batch, checks, dataset_id)
     rejections, quality = [], Counter()
     for raw, reason in batch.invalid:
         rejections.append((reason, {"_record": [reason]}, raw, batch.locator))
@@ -268,6 +274,20 @@ def transform(source, resolver: IdentityResolver, batch: Batch, checks: Plausibi
     quality.update(counts)
     rejections.extend((reason, errors, record, batch.locator) for reason, errors, record in implausible)
     return [clean for clean, _ in accepted], rejections, quality
+
+
+def newest_observed_at(rows):
+    """The latest observed_at among a batch's rows (dicts or ColumnRows); None if there are none."""
+    if isinstance(rows, ColumnRows):
+        return rows.newest_observed_at()
+    return max((r["observed_at"] for r in rows), default=None)
+
+
+def sample_records(batch: Batch, count: int = 5) -> list[dict]:
+    """The first records of a batch as dicts (what schema drift looks at)."""
+    if batch.block is None:
+        return batch.records
+    return [batch.block.record(i, batch.locator["file"]) for i in range(min(count, batch.block.num_rows))]
 
 
 def _number_marks(normalized: list[tuple[dict, dict]]) -> dict:

@@ -1,0 +1,428 @@
+"""The row path's rules (validate.py, numbers.py, plausibility.py, identity.py) applied column-wise to a CSV
+chunk read by crypto_app.sources.csv_columnar: the same decisions, reasons and stored values as
+`ingest.transform` on the same chunk, at a fraction of the per-row Python cost.
+
+How each rule stays exactly the row path's:
+- numbers: the column's decimal mark is decided by numbers.column_marks from the same texts. A value in
+  the one shape whose meaning is settled by the mark alone (digits, or digits "." digits under a "." mark;
+  at most 100 digits each side, no sign, no spaces) is stored as its own text: PostgreSQL reads NUMERIC
+  text exactly as Decimal does, so nothing passes through a binary float. Missing tokens ("", "-", "N/A"
+  after trimming blanks and tabs) are NULL. ANY other cell sends its whole row through the row path's own
+  `validate_record` (same messages, same ambiguity reasons), and a valid row joins the others as the
+  text of its Decimals;
+- dates and identity: each distinct date text and each distinct (id, symbol, name) combination of the chunk
+  is read once, with the row path's functions; assets are resolved in the order of their first valid row;
+- plausibility: a float64 screen with a wide margin (1e-9 relative; values below 1e-290 always count)
+  finds every row that COULD trip a rule; those rows, and only those, go through the row path's rule
+  functions on exact Decimals, so a flag or a quarantine never depends on binary rounding. price_jump
+  with severity hard (which changes what "previous" means for the next row) runs the row path's own
+  sequential check when any row is suspect.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..models.quotes import QUOTE_VALUE_COLUMNS
+from ..sources.csv_formats import describe, identity
+from .identity import IdentityError
+from .numbers import VALUE_EVIDENCE, evidence, marks_from_evidence
+from .plausibility import _newest, _rejection, price_jump
+from .validate import (MISSING_TOKENS, NUMBER_FIELDS, RULE_ERRORS, ambiguous_fields, identified, rule_name,
+                       rule_observed, rule_symbol, rule_text, validate_record)
+
+_UNSIGNED = ("price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd",
+             "circulating_supply", "total_supply", "max_supply")
+_DOT_SIMPLE = r"^[0-9]{1,100}(\.[0-9]{1,100})?$"
+_PLAIN_SIMPLE = r"^[0-9]{1,100}$"
+_MARGIN = 1e-9
+_TINY = 1e-290
+_SEP = "\x1f"          # never in a chunk read column-wise (control characters send it to the row reader)
+
+
+class ColumnRows:
+    """The accepted rows of a chunk as columns of text, ready for COPY (load.py)."""
+
+    def __init__(self, table: pa.Table, micros: np.ndarray, assets: np.ndarray):
+        self.table = table                 # asset_id, QUOTE_VALUE_COLUMNS, flags, observed_at (all text)
+        self._micros = micros              # observed_at, microseconds since the epoch, row order
+        self._assets = assets
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __bool__(self) -> bool:
+        return self.table.num_rows > 0
+
+    def newest_observed_at(self):
+        return _EPOCH + int(self._micros.max()) * _MICRO if self._micros.size else None
+
+    def __iter__(self):
+        """{"asset_id", "observed_at"} per row (what datasets.detect_interval reads)."""
+        for asset_id, micros in zip(self._assets.tolist(), self._micros.tolist()):
+            yield {"asset_id": asset_id, "observed_at": _EPOCH + micros * _MICRO}
+
+    def deduplicated(self) -> "ColumnRows":
+        """The last row per (asset, observed_at), in row order (load._dedupe for rows)."""
+        n = self.table.num_rows
+        if n < 2:
+            return self
+        pairs = np.stack([self._assets[::-1], self._micros[::-1]], axis=1)
+        _, first_of_reversed = np.unique(pairs, axis=0, return_index=True)
+        if first_of_reversed.size == n:
+            return self
+        keep = np.sort(n - 1 - first_of_reversed)
+        return ColumnRows(self.table.take(pa.array(keep, pa.int64())), self._micros[keep], self._assets[keep])
+
+
+def transform_block(source, resolver, batch, checks=None, dataset_id=None):
+    """`ingest.transform` for a batch whose records are a column-wise Block."""
+    block, locator = batch.block, batch.locator
+    table, rel = block.table, locator["file"]
+    n = table.num_rows
+    fmt = describe(tuple(table.column_names), rel)
+    rejections, quality = [], Counter()
+    for raw, reason in batch.invalid:
+        rejections.append((reason, {"_record": [reason]}, raw, locator))
+    if any(name.startswith("_") for name in table.column_names):      # normalize() would not see them
+        return _by_rows(source, resolver, batch, checks, dataset_id)
+
+    marks = _marks(table, fmt)
+    ok = np.ones(n, dtype=bool)
+    values: dict[str, pa.Array] = {}
+    for field in QUOTE_VALUE_COLUMNS:
+        column = fmt.fields.get(field)
+        if column is None:
+            if field == "price_usd":
+                ok[:] = False
+            continue
+        arr = table.column(column).combine_chunks()
+        if field in _UNSIGNED:
+            simple = pc.match_substring_regex(arr, _DOT_SIMPLE if marks.get(field) == "." else _PLAIN_SIMPLE)
+            missing = pc.is_in(pc.ascii_lower(pc.utf8_trim(arr, " \t")), value_set=pa.array(sorted(MISSING_TOKENS)))
+            good = simple if field == "price_usd" else pc.or_(simple, missing)
+            ok &= good.to_numpy(zero_copy_only=False)
+            values[field] = pc.if_else(missing, pa.scalar(None, pa.string()), arr)
+        else:                                            # rank, change: rare columns, the row path decides
+            ok[:] = False
+
+    # dates: each distinct text once (moments[code]); fallback rows append their own
+    date_column = fmt.fields.get("observed_at")
+    moments: list = []
+    code = np.zeros(n, dtype=np.int64)
+    if date_column is None:
+        ok[:] = False
+    else:
+        encoded = pc.dictionary_encode(table.column(date_column).combine_chunks())
+        for text in encoded.dictionary.to_pylist():
+            try:
+                moments.append(rule_observed(text))
+            except RULE_ERRORS:
+                moments.append(None)
+        code = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        if moments:
+            ok &= np.array([m is not None for m in moments], dtype=bool)[code]
+
+    # identity: each distinct (id, symbol, name) combination once
+    id_columns = [fmt.fields[f] for f in ("external_id", "symbol", "name") if f in fmt.fields]
+    if id_columns:
+        joined = pc.binary_join_element_wise(*[table.column(c).combine_chunks() for c in id_columns], _SEP)
+        encoded_ids = pc.dictionary_encode(joined)
+        combos = [dict(zip(id_columns, key.split(_SEP))) for key in encoded_ids.dictionary.to_pylist()]
+        combo_of = encoded_ids.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    else:
+        combos, combo_of = [{}], np.zeros(n, dtype=np.int64)
+    idents = []
+    for record in combos:
+        ident = identity(record, fmt)
+        try:
+            clean = {"external_id": rule_text(ident["external_id"]), "symbol": rule_symbol(ident["symbol"]),
+                     "name": rule_name(ident["name"]), "slug_hint": rule_text(ident["slug_hint"])}
+        except RULE_ERRORS:
+            clean = None
+        idents.append(clean if clean is not None and identified(clean) else None)
+    ok &= np.array([c is not None for c in idents], dtype=bool)[combo_of]
+
+    # rows the vectorised rules do not settle: the row path, record by record
+    fallback = {}                                   # row -> clean record (valid rows only)
+    for i in np.flatnonzero(~ok).tolist():
+        record = block.record(i, rel)
+        clean, errors = validate_record(source.normalize(record), marks)
+        if errors:
+            ambiguous = ambiguous_fields(errors)
+            if ambiguous:
+                quality["ambiguous_numbers"] += 1
+                reason = "ambiguous number: " + "; ".join(
+                    f"{source.column_of(record, name)} {errors[name][0][len('ambiguous number '):]}"
+                    for name in ambiguous)
+            else:
+                reason = "invalid fields: " + ", ".join(sorted(errors))
+            rejections.append((reason, errors, record, locator))
+        else:
+            fallback[i] = clean
+            moments.append(clean["observed_at"])
+            code[i] = len(moments) - 1
+
+    # resolve identities in the order of each one's first valid row (the row path's order)
+    valid_rows = np.flatnonzero(ok)
+    found, at = np.unique(combo_of[valid_rows], return_index=True)
+    requests = sorted([(int(valid_rows[a]), "combo", int(c)) for c, a in zip(found.tolist(), at.tolist())]
+                      + [(i, "row", i) for i in fallback])
+    combo_asset = np.full(len(combos), -1, dtype=np.int64)
+    asset_of = np.full(n, -1, dtype=np.int64)
+    errors_of: dict[int, str] = {}
+    for i, kind, key in requests:
+        try:
+            asset = resolver.resolve(idents[key] if kind == "combo" else fallback[key])
+        except IdentityError as exc:
+            asset = -1
+            errors_of[key if kind == "combo" else -1 - key] = str(exc)
+        if kind == "combo":
+            combo_asset[key] = asset
+        else:
+            asset_of[key] = asset
+    vector_rows = ok.copy()
+    asset_of[vector_rows] = combo_asset[combo_of[vector_rows]]
+    for i in fallback:
+        vector_rows[i] = True
+    for i in np.flatnonzero(vector_rows & (asset_of < 0)).tolist():
+        message = errors_of.get(-1 - i) if i in fallback else errors_of.get(int(combo_of[i]))
+        rejections.append((message, {"symbol": [message]}, block.record(i, rel), locator))
+    rows_idx = np.flatnonzero(vector_rows & (asset_of >= 0))
+
+    take = pa.array(rows_idx, pa.int64())
+    columns = {}
+    for field in QUOTE_VALUE_COLUMNS:
+        arr = values[field].take(take) if field in values else pa.nulls(rows_idx.size, pa.string())
+        if fallback:
+            patched = arr.to_pylist()
+            for k, i in enumerate(rows_idx.tolist()):
+                if i in fallback:
+                    v = fallback[i].get(field)
+                    patched[k] = None if v is None else str(v)
+            arr = pa.array(patched, pa.string())
+        columns[field] = arr
+    assets = asset_of[rows_idx]
+    obs = code[rows_idx]
+    micros_of = np.array([_micros(m) if m is not None else 0 for m in moments], dtype=np.int64)
+    micros = micros_of[obs] if rows_idx.size else np.zeros(0, dtype=np.int64)
+    at_row = _Moments(moments, obs)
+
+    flags: dict[int, list] = {}
+    keep = np.ones(rows_idx.size, dtype=bool)
+    if checks is not None and rows_idx.size:
+        keep = _plausible(checks, columns, assets, at_row, micros, flags, rows_idx, block, rel, locator,
+                          rejections, quality, dataset_id)
+    kept = np.flatnonzero(keep)
+    flag_text = [None] * kept.size
+    if flags:
+        position = {int(k): j for j, k in enumerate(kept.tolist())}
+        for k, names in flags.items():
+            if k in position and names:
+                names = sorted(set(names))
+                flag_text[position[k]] = "{" + ",".join(names) + "}"
+                quality.update(f"soft:{rule}" for rule in names)
+    kept_take = pa.array(kept, pa.int64())
+    out = {"asset_id": pc.cast(pa.array(assets[kept], pa.int64()), pa.string())}
+    for field in QUOTE_VALUE_COLUMNS:
+        out[field] = columns[field].take(kept_take)
+    out["flags"] = pa.array(flag_text, pa.string())
+    iso = pa.array([m.isoformat() if m is not None else None for m in moments], pa.string())
+    out["observed_at"] = iso.take(pa.array(obs[kept], pa.int64()))
+    return ColumnRows(pa.table(out), micros[kept], assets[kept]), rejections, quality
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICRO = timedelta(microseconds=1)
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICRO
+
+
+class _Moments:
+    """observed_at of candidate row k: moments[codes[k]]."""
+
+    def __init__(self, moments, codes):
+        self.moments, self.codes = moments, codes
+
+    def __getitem__(self, k):
+        return self.moments[self.codes[k]]
+
+
+def _marks(table: pa.Table, fmt) -> dict:
+    """numbers.column_marks of the chunk's number columns, matched column-wise where the column is ASCII."""
+    found = {}
+    for field, column in fmt.fields.items():
+        if field not in NUMBER_FIELDS:
+            continue
+        arr = table.column(column)
+        if pc.all(pc.string_is_ascii(arr)).as_py() is not False:
+            found[field] = {kind: bool(pc.any(pc.match_substring_regex(arr, pattern)).as_py())
+                            for kind, pattern in VALUE_EVIDENCE.items()}
+        else:
+            found[field] = evidence(arr.to_pylist())
+    return marks_from_evidence(found)
+
+
+def _by_rows(source, resolver, batch, checks, dataset_id):
+    from .ingest import transform
+    batch.records, batch.block = batch.block.records(batch.locator["file"]), None
+    return transform(source, resolver, batch, checks, dataset_id)
+
+
+# -- plausibility -------------------------------------------------------------------------------------
+
+def _floats(arr: pa.Array) -> np.ndarray:
+    try:
+        return pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return np.array([np.nan if v is None else float(v) for v in arr.to_pylist()], dtype=np.float64)
+
+
+def _may_exceed(a, b):
+    """a > b might hold (a, b >= 0, NaN = missing counts as not comparable -> False)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (a >= b * (1 - _MARGIN)) | _tiny(a) | _tiny(b)
+
+
+def _tiny(x):
+    with np.errstate(invalid="ignore"):
+        return x < _TINY
+
+
+def _plausible(checks, columns, assets, observed, micros, flags, rows_idx, block, rel, locator, rejections,
+               quality, dataset_id) -> np.ndarray:
+    count = len(rows_idx)
+    f = {name: _floats(columns[name]) for name in ("price_usd", "open_usd", "high_usd", "low_usd",
+                                                     "market_cap_usd", "circulating_supply")}
+    present = {name: ~np.isnan(v) for name, v in f.items()}
+    rules = {rule for rule, _, _ in checks._rules}
+    suspect = np.zeros(count, dtype=bool)
+    if "ohlc_order" in rules:
+        hi, lo, op, cl = f["high_usd"], f["low_usd"], f["open_usd"], f["price_usd"]
+        both = present["high_usd"] & present["low_usd"]
+        suspect |= both & _may_exceed(lo, hi)
+        for value, name in ((op, "open_usd"), (cl, "price_usd")):
+            suspect |= present[name] & present["high_usd"] & _may_exceed(value, hi)
+            suspect |= present[name] & present["low_usd"] & _may_exceed(lo, value)
+    if "market_cap_ceiling" in rules:
+        ceiling = float(checks.settings.market_cap_ceiling_usd)
+        suspect |= present["market_cap_usd"] & _may_exceed(f["market_cap_usd"], np.full(count, ceiling))
+    if "market_cap_consistency" in rules:
+        mc, p, s = f["market_cap_usd"], f["price_usd"], f["circulating_supply"]
+        tol = float(checks.settings.market_cap_tolerance)
+        with np.errstate(invalid="ignore", over="ignore"):
+            implied = p * s
+            clear = np.abs(mc - implied) < tol * implied - _MARGIN * (np.abs(mc) + np.abs(implied))
+        all3 = present["market_cap_usd"] & present["price_usd"] & present["circulating_supply"]
+        suspect |= all3 & (~clear | _tiny(mc) | _tiny(p) | _tiny(s))
+    now = checks.clock()
+    if "future_time" in rules:
+        limit = now.timestamp() + checks.settings.clock_skew_seconds
+        suspect |= micros > int((limit - 1) * 1_000_000)
+    keep = np.ones(count, dtype=bool)
+    for k in np.flatnonzero(suspect).tolist():
+        clean = _clean(columns, k, observed[k])
+        hard, soft = checks._row_rules(clean, now)
+        if hard:
+            quality.update(f"hard:{rule}" for rule in hard)
+            reason, errors, _ = _rejection(hard, None)
+            rejections.append((reason, errors, block.record(int(rows_idx[k]), rel), locator))
+            keep[k] = False
+        elif soft:
+            flags.setdefault(k, []).extend(soft)
+    if checks.severity["price_jump"] != "off":
+        _price_jumps(checks, columns, f["price_usd"], assets, observed, micros, flags, keep, rows_idx, block, rel,
+                     locator, rejections, quality, dataset_id)
+    return keep
+
+
+def _clean(columns, k, observed_at) -> dict:
+    clean = {}
+    for field, arr in columns.items():
+        text = arr[k].as_py()
+        clean[field] = None if text is None else (int(text) if field == "market_cap_rank" else Decimal(text))
+    clean["observed_at"] = observed_at
+    return clean
+
+
+def _price_jumps(checks, columns, price, assets, observed, micros, flags, keep, rows_idx, block, rel, locator,
+                 rejections, quality, dataset_id) -> None:
+    factor = checks.settings.price_jump_factor
+    hard = checks.severity["price_jump"] == "hard"
+    live = np.flatnonzero(keep)
+    if not live.size:
+        return
+    stamps = micros[live]
+    order = live[np.lexsort((stamps, assets[live]))]            # by asset, then time; stable
+    group_assets = assets[order]
+    starts = np.flatnonzero(np.r_[True, group_assets[1:] != group_assets[:-1]])
+    first_seen = {int(group_assets[s]): observed[int(order[s])] for s in starts.tolist()}
+    stored = checks._stored_before(dataset_id, first_seen)
+    previous = np.r_[np.nan, price[order][:-1]]
+    previous_exact, first_previous = {}, {}
+    for s in starts.tolist():
+        asset = int(group_assets[s])
+        prev = _newest(stored.get(asset), checks._last.get((dataset_id, asset)), observed[int(order[s])])
+        first_previous[s] = prev
+        previous_exact[s] = prev[1] if prev else None
+        previous[s] = float(prev[1]) if prev else np.nan
+    current = price[order]
+    ff = float(factor)
+    with np.errstate(invalid="ignore", over="ignore"):
+        clear = (current < previous * ff * (1 - _MARGIN)) & (previous < current * ff * (1 - _MARGIN))
+    has_previous = ~np.isnan(previous)
+    suspect = has_previous & (~clear | _tiny(current) | _tiny(previous))
+    start_set = set(starts.tolist())
+    if hard and suspect.any():
+        _price_jumps_by_row(checks, columns, assets, observed, flags, keep, order, starts, previous_exact,
+                            rows_idx, block, rel, locator, rejections, quality, dataset_id, first_previous)
+        return
+    for p in np.flatnonzero(suspect).tolist():
+        k = int(order[p])
+        prev = previous_exact[p] if p in start_set else Decimal(columns["price_usd"][int(order[p - 1])].as_py())
+        if price_jump(Decimal(columns["price_usd"][k].as_py()), prev, factor):
+            flags.setdefault(k, []).append("price_jump")
+    _remember(checks, columns, group_assets, order, starts, observed, dataset_id)
+
+
+def _remember(checks, columns, group_assets, order, starts, observed, dataset_id) -> None:
+    ends = np.r_[starts[1:], order.size] - 1
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        k = int(order[e])
+        key = (dataset_id, int(group_assets[s]))
+        if key not in checks._last or observed[k] > checks._last[key][0]:
+            checks._last[key] = (observed[k], Decimal(columns["price_usd"][k].as_py()))
+
+
+def _price_jumps_by_row(checks, columns, assets, observed, flags, keep, order, starts, previous_exact, rows_idx,
+                        block, rel, locator, rejections, quality, dataset_id, first_previous) -> None:
+    """price_jump with severity hard: the row path's sequential rule (a quarantined row is no one's previous)."""
+    factor = checks.settings.price_jump_factor
+    bounds = list(starts.tolist()) + [order.size]
+    for g in range(len(bounds) - 1):
+        s = bounds[g]
+        previous = first_previous[s]
+        for p in range(s, bounds[g + 1]):
+            k = int(order[p])
+            value = Decimal(columns["price_usd"][k].as_py())
+            message = price_jump(value, previous[1] if previous else None, factor)
+            if message:
+                quality["hard:price_jump"] += 1
+                reason, errors, _ = _rejection({"price_jump": message}, None)
+                rejections.append((reason, errors, block.record(int(rows_idx[k]), rel), locator))
+                keep[k] = False
+                continue
+            previous = (observed[k], value)
+        key = (dataset_id, int(assets[int(order[s])]))
+        if previous and (key not in checks._last or previous[0] > checks._last[key][0]):
+            checks._last[key] = previous
+
+
+__all__ = ["ColumnRows", "transform_block"]
