@@ -30,7 +30,7 @@ from crypto_app.config import load_settings  # noqa: E402
 from crypto_app import embedded  # noqa: E402
 
 TABLES = ("rejected_records", "raw_payloads", "quotes", "latest_quotes", "dataset_assets", "datasets",
-          "asset_identifiers", "assets", "checkpoints", "etl_runs")
+          "asset_identifiers", "assets", "checkpoints", "etl_runs", "csv_row_hashes")
 
 
 def _server_urls() -> tuple[str, str]:

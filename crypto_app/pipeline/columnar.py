@@ -33,6 +33,7 @@ from ..sources.csv_formats import describe, identity
 from .identity import IdentityError
 from .numbers import VALUE_EVIDENCE, evidence, marks_from_evidence
 from .plausibility import _newest, _rejection, price_jump
+from .proportional import pack, row_hashes, rows_to_process
 from .validate import (MISSING_TOKENS, NUMBER_FIELDS, RULE_ERRORS, ambiguous_fields, identified, rule_name,
                        rule_observed, rule_symbol, rule_text, validate_record)
 
@@ -52,6 +53,8 @@ class ColumnRows:
         self.table = table                 # asset_id, QUOTE_VALUE_COLUMNS, flags, observed_at (all text)
         self._micros = micros              # observed_at, microseconds since the epoch, row order
         self._assets = assets
+        self.hashes: bytes | None = None   # proportional re-ingest: hashes of the chunk's stored records
+        self.skipped = 0                   # records unchanged since they were stored: not written again
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -80,8 +83,11 @@ class ColumnRows:
         return ColumnRows(self.table.take(pa.array(keep, pa.int64())), self._micros[keep], self._assets[keep])
 
 
-def transform_block(source, resolver, batch, checks=None, dataset_id=None):
-    """`ingest.transform` for a batch whose records are a column-wise Block."""
+def transform_block(source, resolver, batch, checks=None, dataset_id=None, known=None):
+    """`ingest.transform` for a batch whose records are a column-wise Block.
+
+    `known`: the hashes of the records stored from this file (pipeline/proportional.py), or None to
+    neither skip nor hash; with it, the result's `hashes` are what to store for this chunk."""
     block, locator = batch.block, batch.locator
     table, rel = block.table, locator["file"]
     n = table.num_rows
@@ -193,7 +199,15 @@ def transform_block(source, resolver, batch, checks=None, dataset_id=None):
     for i in np.flatnonzero(vector_rows & (asset_of < 0)).tolist():
         message = errors_of.get(-1 - i) if i in fallback else errors_of.get(int(combo_of[i]))
         rejections.append((message, {"symbol": [message]}, block.record(i, rel), locator))
-    rows_idx = np.flatnonzero(vector_rows & (asset_of >= 0))
+    candidate = vector_rows & (asset_of >= 0)
+    micros_of = np.array([_micros(m) if m is not None else 0 for m in moments], dtype=np.int64)
+    write = process = None
+    if known is not None:                       # proportional re-ingest (pipeline/proportional.py)
+        hashes = row_hashes(block.raw_lines(), marks)
+        unchanged = candidate & ok & np.isin(hashes, known) if known.size else np.zeros(n, dtype=bool)
+        process, write = rows_to_process(unchanged, candidate, asset_of, micros_of[code])
+        candidate &= process
+    rows_idx = np.flatnonzero(candidate)
 
     take = pa.array(rows_idx, pa.int64())
     columns = {}
@@ -209,7 +223,6 @@ def transform_block(source, resolver, batch, checks=None, dataset_id=None):
         columns[field] = arr
     assets = asset_of[rows_idx]
     obs = code[rows_idx]
-    micros_of = np.array([_micros(m) if m is not None else 0 for m in moments], dtype=np.int64)
     micros = micros_of[obs] if rows_idx.size else np.zeros(0, dtype=np.int64)
     at_row = _Moments(moments, obs)
 
@@ -218,6 +231,8 @@ def transform_block(source, resolver, batch, checks=None, dataset_id=None):
     if checks is not None and rows_idx.size:
         keep = _plausible(checks, columns, assets, at_row, micros, flags, rows_idx, block, rel, locator,
                           rejections, quality, dataset_id)
+    if write is not None:                       # context rows: read for price_jump only, not written
+        keep &= write[rows_idx]
     kept = np.flatnonzero(keep)
     flag_text = [None] * kept.size
     if flags:
@@ -234,7 +249,14 @@ def transform_block(source, resolver, batch, checks=None, dataset_id=None):
     out["flags"] = pa.array(flag_text, pa.string())
     iso = pa.array([m.isoformat() if m is not None else None for m in moments], pa.string())
     out["observed_at"] = iso.take(pa.array(obs[kept], pa.int64()))
-    return ColumnRows(pa.table(out), micros[kept], assets[kept]), rejections, quality
+    result = ColumnRows(pa.table(out), micros[kept], assets[kept])
+    if known is not None:                       # the hashes of every record of the chunk now stored
+        stored = np.zeros(n, dtype=bool)
+        stored[rows_idx[kept]] = True
+        stored |= unchanged & ~write
+        result.hashes = pack(hashes[stored])
+        result.skipped = int((unchanged & ~write).sum())
+    return result, rejections, quality
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -30,6 +30,7 @@ from .identity import IdentityError, IdentityResolver, load_overrides
 from .load import KEEP_QUALITY, BatchWriter, LoadBatch, RunSuperseded
 from .numbers import MACHINE, column_marks
 from .plausibility import PlausibilityCheck
+from .proportional import EMPTY, known_hashes
 from .validate import NUMBER_FIELDS, ambiguous_fields, validate_record
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class IngestionRun:
                                    self.settings.csv_data_dir if source.name == "csv" else None)
         newest = saved.get("newest_observed_at")
         checks = PlausibilityCheck(self.settings.plausibility, self.source_name, self.identity_conn)
+        files = FileHashes(self.identity_conn, skip=checks.severity["price_jump"] != "hard")
 
         guard = threading.Lock()            # stats are updated by the writer thread, copied by this one
 
@@ -129,8 +131,13 @@ class IngestionRun:
                 if reason:
                     raise RunSuperseded(reason)
                 dataset = datasets.for_batch(source, batch.locator) if batch.size else None
+                known, row_hashes = files.for_batch(batch)
                 rows, rejections, quality = transform(source, resolver, batch, checks,
-                                                      dataset.id if dataset else None)
+                                                      dataset.id if dataset else None, known)
+                if isinstance(rows, ColumnRows) and rows.skipped:
+                    quality["unchanged_rows_skipped"] += rows.skipped
+                if row_hashes is not None:
+                    row_hashes = (*row_hashes, getattr(rows, "hashes", None))
                 observe(seen_types, sample_records(batch))
                 counts = {"fetched": batch.size + len(batch.invalid), "loaded": len(rows),
                           "rejected": len(rejections), "pages": 1}
@@ -152,7 +159,7 @@ class IngestionRun:
                     content_hash=batch.content_hash,
                     locator=batch.locator, fetched_at=batch.fetched_at, raw_body=batch.raw,
                     record_count=batch.size, rejections=rejections, checkpoint=checkpoint,
-                    run_counters=counts, run_stats=snapshot, quality=quality), counts)
+                    run_counters=counts, run_stats=snapshot, quality=quality, row_hashes=row_hashes), counts)
             writer.close()
         except SourceError as exc:
             if exc.kind:    # counted per cause: cryptoflow_upstream_errors_total{source, kind}
@@ -213,6 +220,25 @@ class IngestionRun:
         self.conn.commit()
 
 
+class FileHashes:
+    """Per CSV file of a run: the hashes of its stored records (proportional re-ingest), loaded once when
+    the file is read from its start, whose first batch then replaces them."""
+
+    def __init__(self, conn, skip: bool = True):
+        self.conn, self.skip = conn, skip
+        self._known: dict[str, object] = {}
+
+    def for_batch(self, batch: Batch):
+        """(hashes to skip by or None, (file, chunk start, reset) for LoadBatch.row_hashes or None)."""
+        rel = batch.locator.get("file") if isinstance(batch.locator, dict) else None
+        if rel is None:
+            return None, None
+        reset = rel not in self._known and batch.locator.get("start") == 0
+        if rel not in self._known:
+            self._known[rel] = known_hashes(self.conn, rel) if reset and self.skip else EMPTY
+        return self._known[rel], (rel, int(batch.locator["start"]), reset)
+
+
 def backoff_seconds(failures: int, retry_after: float | None, maximum: float = 600.0) -> float:
     """Exponential backoff with full jitter; an upstream's Retry-After wins when it is longer."""
     ceiling = min(maximum, 2.0 ** max(failures, 1))
@@ -223,7 +249,7 @@ def backoff_seconds(failures: int, retry_after: float | None, maximum: float = 6
 
 
 def transform(source, resolver: IdentityResolver, batch: Batch, checks: PlausibilityCheck | None = None,
-              dataset_id: int | None = None) -> tuple[list[dict], list[tuple], Counter]:
+              dataset_id: int | None = None, known=None) -> tuple[list[dict], list[tuple], Counter]:
     """Normalize, validate, resolve and check the records of one batch: (rows to load, rejections, quality
     counts: "ambiguous_numbers", "soft:<rule>", "hard:<rule>").
 
@@ -234,7 +260,7 @@ def transform(source, resolver: IdentityResolver, batch: Batch, checks: Plausibi
     A CSV chunk read column-wise (batch.block) goes through crypto_app.pipeline.columnar, which applies
     these same rules to whole columns and returns its rows as columns (ColumnRows)."""
     if batch.block is not None:
-        return transform_block(source, resolver, batch, checks, dataset_id)
+        return transform_block(source, resolver, batch, checks, dataset_id, known)
     rejections, quality = [], Counter()
     for raw, reason in batch.invalid:
         rejections.append((reason, {"_record": [reason]}, raw, batch.locator))

@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import psycopg2
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg2.extras import Json, execute_values
@@ -145,6 +146,7 @@ class LoadBatch:
     run_counters: dict = field(default_factory=dict)   # fetched/loaded/rejected/pages increments
     run_stats: dict | None = None                       # replaces etl_runs.stats (but not its "quality")
     quality: dict = field(default_factory=dict)         # added to etl_runs.stats->'quality' (counts by key)
+    row_hashes: tuple | None = None     # (file, chunk start, reset, packed hashes or None): pipeline/proportional.py
 
 
 def _copy_text(value) -> str:
@@ -178,6 +180,8 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
             if batch.dataset_interval is not None and batch.dataset_id is not None:
                 cur.execute("UPDATE datasets SET native_interval = %s WHERE id = %s AND native_interval IS NULL",
                             (batch.dataset_interval, batch.dataset_id))
+            if batch.row_hashes is not None:
+                _store_row_hashes(cur, *batch.row_hashes)
             if batch.checkpoint is not None:
                 cur.execute("INSERT INTO checkpoints (source, cursor, run_id, updated_at) VALUES (%s, %s, %s, now()) "
                             "ON CONFLICT (source) DO UPDATE SET cursor = checkpoints.cursor || EXCLUDED.cursor, "
@@ -281,6 +285,15 @@ def _upsert_quotes(cur, batch: LoadBatch, rows) -> BatchResult:
     cur.execute(_UPSERT_LATEST, params)
     return BatchResult(staged=len(rows), inserted=inserted, updated=updated,
                        newest_observed_at=max(row["observed_at"] for row in rows))
+
+
+def _store_row_hashes(cur, rel: str, start: int, reset: bool, hashes: bytes | None) -> None:
+    if reset:
+        cur.execute("DELETE FROM csv_row_hashes WHERE file = %s", (rel,))
+    if hashes:
+        cur.execute("INSERT INTO csv_row_hashes (file, chunk_start, hashes) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (file, chunk_start) DO UPDATE SET hashes = EXCLUDED.hashes",
+                    (rel, start, psycopg2.Binary(hashes)))
 
 
 def _upsert_columns(cur, batch: LoadBatch, rows: ColumnRows) -> BatchResult:

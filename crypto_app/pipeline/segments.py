@@ -105,6 +105,8 @@ def plan(conn, settings, run_id: str) -> tuple[list[dict], set[str]]:
                     "COALESCE(cursor->'segments', '{}'::jsonb) || %s::jsonb, true) WHERE source = 'csv'",
                     (json.dumps(planned),))
         cur.execute("UPDATE etl_runs SET stats = stats || '{\"segmented\": true}'::jsonb WHERE id = %s", (run_id,))
+        # proportional re-ingest: segments store no row hashes, so these files forget theirs
+        cur.execute("DELETE FROM csv_row_hashes WHERE file = ANY(%s)", (sorted(planned),))
     conn.commit()
     tasks = [{"run_id": run_id, "rel": rel, "start": int(start), "end": part["end"]}
              for rel, seg in planned.items() for start, part in seg["parts"].items() if not part["done"]]

@@ -40,10 +40,15 @@ class Block:
     (1-based line number of each record) and `ends` (byte offset, within the block, just after each
     record's line)."""
 
-    __slots__ = ("table", "lines", "ends")
+    __slots__ = ("table", "lines", "ends", "starts", "data")
 
-    def __init__(self, table: pa.Table, lines: np.ndarray, ends: np.ndarray):
-        self.table, self.lines, self.ends = table, lines, ends
+    def __init__(self, table: pa.Table, lines: np.ndarray, ends: np.ndarray, starts: np.ndarray, data: bytes):
+        self.table, self.lines, self.ends, self.starts, self.data = table, lines, ends, starts, data
+
+    def raw_lines(self) -> list[bytes]:
+        """The bytes of each record's line (what proportional re-ingest hashes)."""
+        data = self.data
+        return [data[s:e] for s, e in zip(self.starts.tolist(), self.ends.tolist())]
 
     @property
     def num_rows(self) -> int:
@@ -63,7 +68,7 @@ class Block:
                 for cells, line in zip(zip(*columns), self.lines.tolist())]
 
     def head(self, count: int) -> "Block":
-        return Block(self.table.slice(0, count), self.lines[:count], self.ends[:count])
+        return Block(self.table.slice(0, count), self.lines[:count], self.ends[:count], self.starts[:count], self.data)
 
 
 def parse_block(data: bytes, columns: tuple[str, ...], delimiter: str, first_line: int) -> Block | None:
@@ -107,7 +112,7 @@ def parse_block(data: bytes, columns: tuple[str, ...], delimiter: str, first_lin
     lines = np.flatnonzero(nonempty) + first_line
     if table.num_rows != lines.size:
         return None
-    record_ends = ends[nonempty]
+    record_ends, record_starts = ends[nonempty], starts[nonempty]
     blank = None                         # the row reader skips rows whose cells are all blank
     for name in table.column_names:
         empty = pc.equal(pc.utf8_trim_whitespace(table[name]), "")
@@ -115,5 +120,5 @@ def parse_block(data: bytes, columns: tuple[str, ...], delimiter: str, first_lin
     if blank is not None and pc.any(blank).as_py():
         keep = pc.invert(blank)
         mask = keep.to_numpy(zero_copy_only=False)
-        return Block(table.filter(keep), lines[mask], record_ends[mask])
-    return Block(table, lines, record_ends)
+        return Block(table.filter(keep), lines[mask], record_ends[mask], record_starts[mask], data)
+    return Block(table, lines, record_ends, record_starts, data)
