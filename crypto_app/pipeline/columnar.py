@@ -33,7 +33,7 @@ from ..sources.csv_formats import describe, identity
 from .identity import IdentityError
 from .numbers import VALUE_EVIDENCE, evidence, marks_from_evidence
 from .plausibility import _newest, _rejection, price_jump
-from .proportional import pack, row_hashes, rows_to_process
+from .proportional import known_in, pack, row_hashes, rows_to_process
 from .validate import (MISSING_TOKENS, NUMBER_FIELDS, RULE_ERRORS, ambiguous_fields, identified, rule_name,
                        rule_observed, rule_symbol, rule_text, validate_record)
 
@@ -204,7 +204,7 @@ def transform_block(source, resolver, batch, checks=None, dataset_id=None, known
     write = process = None
     if known is not None:                       # proportional re-ingest (pipeline/proportional.py)
         hashes = row_hashes(block.raw_lines(), marks)
-        unchanged = candidate & ok & np.isin(hashes, known) if known.size else np.zeros(n, dtype=bool)
+        unchanged = candidate & ok & known_in(hashes, known)
         process, write = rows_to_process(unchanged, candidate, asset_of, micros_of[code])
         candidate &= process
     rows_idx = np.flatnonzero(candidate)

@@ -33,6 +33,14 @@ def known_hashes(conn, rel: str) -> np.ndarray:
     return np.unique(np.concatenate(parts)) if parts else EMPTY
 
 
+def known_in(hashes: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Which of `hashes` are in `known` (sorted, unique): a binary search each, no set built per chunk."""
+    if not known.size:
+        return np.zeros(hashes.size, dtype=bool)
+    at = np.minimum(np.searchsorted(known, hashes), known.size - 1)
+    return known[at] == hashes
+
+
 def row_hashes(lines: list[bytes], marks: dict) -> np.ndarray:
     """One 8-byte hash per record line, keyed by the chunk's decimal marks."""
     key = _key(repr(sorted(marks.items())).encode())
