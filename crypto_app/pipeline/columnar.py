@@ -99,6 +99,11 @@ def transform_block(source, resolver, batch, checks=None, dataset_id=None, known
         return _by_rows(source, resolver, batch, checks, dataset_id)
 
     marks = _marks(table, fmt)
+    seen = check = None
+    if known is not None:                       # proportional re-ingest (pipeline/proportional.py)
+        hashes = row_hashes(block.raw_lines(), marks)
+        seen = known_in(hashes, known)          # the same bytes, under the same marks, as a stored record
+        check = np.flatnonzero(~seen) if seen.any() else None
     ok = np.ones(n, dtype=bool)
     values: dict[str, pa.Array] = {}
     for field in QUOTE_VALUE_COLUMNS:
@@ -109,10 +114,16 @@ def transform_block(source, resolver, batch, checks=None, dataset_id=None, known
             continue
         arr = table.column(column).combine_chunks()
         if field in _UNSIGNED:
-            simple = pc.match_substring_regex(arr, _DOT_SIMPLE if marks.get(field) == "." else _PLAIN_SIMPLE)
+            pattern = _DOT_SIMPLE if marks.get(field) == "." else _PLAIN_SIMPLE
+            if check is None:
+                simple = pc.match_substring_regex(arr, pattern).to_numpy(zero_copy_only=False)
+            else:       # only hashes of records read column-wise are stored: a seen record's numbers are simple
+                simple = np.ones(n, dtype=bool)
+                if check.size:
+                    simple[check] = pc.match_substring_regex(arr.take(pa.array(check, pa.int64())),
+                                                             pattern).to_numpy(zero_copy_only=False)
             missing = pc.is_in(pc.ascii_lower(pc.utf8_trim(arr, " \t")), value_set=pa.array(sorted(MISSING_TOKENS)))
-            good = simple if field == "price_usd" else pc.or_(simple, missing)
-            ok &= good.to_numpy(zero_copy_only=False)
+            ok &= simple if field == "price_usd" else simple | missing.to_numpy(zero_copy_only=False)
             values[field] = pc.if_else(missing, pa.scalar(None, pa.string()), arr)
         else:                                            # rank, change: rare columns, the row path decides
             ok[:] = False
@@ -202,9 +213,8 @@ def transform_block(source, resolver, batch, checks=None, dataset_id=None, known
     candidate = vector_rows & (asset_of >= 0)
     micros_of = np.array([_micros(m) if m is not None else 0 for m in moments], dtype=np.int64)
     write = process = None
-    if known is not None:                       # proportional re-ingest (pipeline/proportional.py)
-        hashes = row_hashes(block.raw_lines(), marks)
-        unchanged = candidate & ok & known_in(hashes, known)
+    if known is not None:
+        unchanged = candidate & ok & seen
         process, write = rows_to_process(unchanged, candidate, asset_of, micros_of[code])
         candidate &= process
     rows_idx = np.flatnonzero(candidate)
@@ -253,6 +263,7 @@ def transform_block(source, resolver, batch, checks=None, dataset_id=None, known
     if known is not None:                       # the hashes of every record of the chunk now stored
         stored = np.zeros(n, dtype=bool)
         stored[rows_idx[kept]] = True
+        stored &= ok                            # rows the row path validated are never skipped
         stored |= unchanged & ~write
         result.hashes = pack(hashes[stored])
         result.skipped = int((unchanged & ~write).sum())
@@ -277,16 +288,32 @@ class _Moments:
         return self.moments[self.codes[k]]
 
 
+def _ascii_evidence(arr: pa.Array) -> dict:
+    """numbers.evidence of an ASCII column, cheaply: each pattern needs a character ("," for the comma
+    kinds, "." for dot_dec, two "." for multi_dot) that a plain substring count rules out first, and
+    "any value matches" is tried on the first values before the whole column."""
+    def any_match(pattern: str) -> bool:
+        if len(arr) > 2048 and pc.any(pc.match_substring_regex(arr.slice(0, 2048), pattern)).as_py():
+            return True
+        return bool(pc.any(pc.match_substring_regex(arr, pattern)).as_py())
+
+    commas = bool(pc.any(pc.match_substring(arr, ",")).as_py())
+    dots = pc.max(pc.count_substring(arr, ".")).as_py() or 0
+    return {"dot_dec": dots >= 1 and any_match(VALUE_EVIDENCE["dot_dec"]),
+            "comma_dec": commas and any_match(VALUE_EVIDENCE["comma_dec"]),
+            "multi_dot": dots >= 2 and any_match(VALUE_EVIDENCE["multi_dot"]),
+            "multi_comma": commas and any_match(VALUE_EVIDENCE["multi_comma"])}
+
+
 def _marks(table: pa.Table, fmt) -> dict:
     """numbers.column_marks of the chunk's number columns, matched column-wise where the column is ASCII."""
     found = {}
     for field, column in fmt.fields.items():
         if field not in NUMBER_FIELDS:
             continue
-        arr = table.column(column)
+        arr = table.column(column).combine_chunks()
         if pc.all(pc.string_is_ascii(arr)).as_py() is not False:
-            found[field] = {kind: bool(pc.any(pc.match_substring_regex(arr, pattern)).as_py())
-                            for kind, pattern in VALUE_EVIDENCE.items()}
+            found[field] = _ascii_evidence(arr)
         else:
             found[field] = evidence(arr.to_pylist())
     return marks_from_evidence(found)
