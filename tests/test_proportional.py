@@ -23,18 +23,29 @@ def _truncate(db_conn) -> None:
     db_conn.commit()
 
 
+def _group_volume(path: Path) -> None:
+    """Line 100's Volume written grouped and quoted ("1,234,567.50"): read column-wise, validated by the row path."""
+    lines = path.read_bytes().split(b"\n")
+    cells = lines[100].split(b",")
+    cells[7] = b'"1,234,567.50"'
+    lines[100] = b",".join(cells)
+    path.write_bytes(b"\n".join(lines))
+
+
 def test_one_percent_changed_is_written_alone_and_stores_what_a_full_load_stores(test_env, db_conn, tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     shutil.copy(DATA / "asset_overrides.json", data_dir / "asset_overrides.json")
     path = data_dir / "history.csv"
     generate(path, 6000, seed=7)
+    _group_volume(path)                                         # a row the row path validates, in both versions
     settings = settings_for(test_env, CSV_DATA_DIR=data_dir, CSV_CHUNK_ROWS=1000, CSV_SEGMENT_BYTES=0,
                             PLAUSIBILITY_CSV="market_cap_ceiling:soft")
     _, first = run_inline(settings, "csv")
     assert first.status == "succeeded" and first.loaded == 6000
 
     generate(path, 6000, seed=7, changed_every=100)            # 1% of the rows, spread over every chunk
+    _group_volume(path)
     lines = path.read_bytes().split(b"\n")
     cells = lines[500].split(b",")
     for i in (3, 4, 5, 6):                                      # OHLC x100: a price jump, up and back down
@@ -55,3 +66,4 @@ def test_one_percent_changed_is_written_alone_and_stores_what_a_full_load_stores
                                                       "'unchanged_rows_skipped'")
     assert proportional == table(db_conn, STORED)
     assert any(row[-1] for row in proportional)                  # the jump was flagged on both sides
+    assert any(row[6] == "1234567.50" for row in proportional)

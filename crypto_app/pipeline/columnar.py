@@ -49,6 +49,8 @@ _SEP = "\x1f"          # never in a chunk read column-wise (control characters s
 class ColumnRows:
     """The accepted rows of a chunk as columns of text, ready for COPY (load.py)."""
 
+    columnar = True
+
     def __init__(self, table: pa.Table, micros: np.ndarray, assets: np.ndarray):
         self.table = table                 # asset_id, QUOTE_VALUE_COLUMNS, flags, observed_at (all text)
         self._micros = micros              # observed_at, microseconds since the epoch, row order

@@ -23,14 +23,12 @@ from dataclasses import dataclass, field
 from ..coordination import RateLimiter
 from ..sources import build_source
 from ..sources.base import Batch, SourceError
-from .columnar import ColumnRows, transform_block
 from .datasets import DatasetRegistry
 from .drift import detect_drift, observe
 from .identity import IdentityError, IdentityResolver, load_overrides
 from .load import KEEP_QUALITY, BatchWriter, LoadBatch, RunSuperseded
 from .numbers import MACHINE, column_marks
 from .plausibility import PlausibilityCheck
-from .proportional import EMPTY, known_hashes
 from .validate import NUMBER_FIELDS, ambiguous_fields, validate_record
 
 log = logging.getLogger(__name__)
@@ -131,15 +129,17 @@ class IngestionRun:
                 if reason:
                     raise RunSuperseded(reason)
                 dataset = datasets.for_batch(source, batch.locator) if batch.size else None
+                size, sample = batch.size, sample_records(batch)
                 known, row_hashes = files.for_batch(batch)
                 rows, rejections, quality = transform(source, resolver, batch, checks,
                                                       dataset.id if dataset else None, known)
-                if isinstance(rows, ColumnRows) and rows.skipped:
+                batch.block = None             # the chunk's raw columns are not needed any more (memory)
+                if getattr(rows, "skipped", 0):
                     quality["unchanged_rows_skipped"] += rows.skipped
                 if row_hashes is not None:
                     row_hashes = (*row_hashes, getattr(rows, "hashes", None))
-                observe(seen_types, sample_records(batch))
-                counts = {"fetched": batch.size + len(batch.invalid), "loaded": len(rows),
+                observe(seen_types, sample)
+                counts = {"fetched": size + len(batch.invalid), "loaded": len(rows),
                           "rejected": len(rejections), "pages": 1}
                 for key in ("fetched", "loaded", "rejected", "pages"):
                     totals[key] += counts[key]
@@ -158,7 +158,7 @@ class IngestionRun:
                     dataset_interval=datasets.learned_interval(dataset, rows) if dataset else None,
                     content_hash=batch.content_hash,
                     locator=batch.locator, fetched_at=batch.fetched_at, raw_body=batch.raw,
-                    record_count=batch.size, rejections=rejections, checkpoint=checkpoint,
+                    record_count=size, rejections=rejections, checkpoint=checkpoint,
                     run_counters=counts, run_stats=snapshot, quality=quality, row_hashes=row_hashes), counts)
             writer.close()
         except SourceError as exc:
@@ -235,6 +235,7 @@ class FileHashes:
             return None, None
         reset = rel not in self._known and batch.locator.get("start") == 0
         if rel not in self._known:
+            from .proportional import EMPTY, known_hashes     # numpy: imported by the processes that read CSV
             self._known[rel] = known_hashes(self.conn, rel) if reset and self.skip else EMPTY
         return self._known[rel], (rel, int(batch.locator["start"]), reset)
 
@@ -260,6 +261,7 @@ def transform(source, resolver: IdentityResolver, batch: Batch, checks: Plausibi
     A CSV chunk read column-wise (batch.block) goes through crypto_app.pipeline.columnar, which applies
     these same rules to whole columns and returns its rows as columns (ColumnRows)."""
     if batch.block is not None:
+        from .columnar import transform_block   # pyarrow: imported by the processes that read CSV only
         return transform_block(source, resolver, batch, checks, dataset_id, known)
     rejections, quality = [], Counter()
     for raw, reason in batch.invalid:
@@ -304,7 +306,7 @@ def transform(source, resolver: IdentityResolver, batch: Batch, checks: Plausibi
 
 def newest_observed_at(rows):
     """The latest observed_at among a batch's rows (dicts or ColumnRows); None if there are none."""
-    if isinstance(rows, ColumnRows):
+    if getattr(rows, "columnar", False):
         return rows.newest_observed_at()
     return max((r["observed_at"] for r in rows), default=None)
 

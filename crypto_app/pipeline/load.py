@@ -27,12 +27,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import psycopg2
-import pyarrow as pa
-import pyarrow.csv as pacsv
 from psycopg2.extras import Json, execute_values
 
 from ..models.quotes import QUOTE_VALUE_COLUMNS
-from .columnar import ColumnRows
 
 
 STORED_COLUMNS = QUOTE_VALUE_COLUMNS + ("flags",)
@@ -172,7 +169,7 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
                                [(batch.run_id, batch.source, _jsonable(reason), Json(_jsonable(errors)),
                                  Json(_jsonable(record)), Json(_jsonable(locator)))
                                 for reason, errors, record, locator in batch.rejections])
-            rows = batch.rows.deduplicated() if isinstance(batch.rows, ColumnRows) else _dedupe(batch.rows)
+            rows = batch.rows.deduplicated() if _columnar(batch.rows) else _dedupe(batch.rows)
             if rows:
                 if batch.dataset_id is None:
                     batch.dataset_id = _default_dataset(cur, batch.source)
@@ -269,7 +266,7 @@ def _default_dataset(cur, source: str) -> int:
 
 def _upsert_quotes(cur, batch: LoadBatch, rows) -> BatchResult:
     cur.execute(_STAGE)
-    if isinstance(rows, ColumnRows):
+    if _columnar(rows):
         return _upsert_columns(cur, batch, rows)
     buffer = io.StringIO()
     for row in rows:
@@ -296,8 +293,15 @@ def _store_row_hashes(cur, rel: str, start: int, reset: bool, hashes: bytes | No
                     (rel, start, psycopg2.Binary(hashes)))
 
 
-def _upsert_columns(cur, batch: LoadBatch, rows: ColumnRows) -> BatchResult:
+def _columnar(rows) -> bool:
+    """Rows as columns (crypto_app.pipeline.columnar.ColumnRows) rather than a list of dicts."""
+    return getattr(rows, "columnar", False)
+
+
+def _upsert_columns(cur, batch: LoadBatch, rows) -> BatchResult:
     """COPY (CSV format: an unquoted empty field is NULL) straight from the columns of text."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
     table = rows.table
     count = table.num_rows
     constant = {"fetched_at": batch.fetched_at.isoformat(), "run_id": str(batch.run_id),
@@ -307,7 +311,7 @@ def _upsert_columns(cur, batch: LoadBatch, rows: ColumnRows) -> BatchResult:
     buffer = pa.BufferOutputStream()
     pacsv.write_csv(table.select(list(ROW_COLUMNS)), buffer,
                     write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"))
-    cur.copy_expert(f"COPY stage_quotes ({_COLS}) FROM STDIN (FORMAT csv)", io.BytesIO(buffer.getvalue().to_pybytes()))
+    cur.copy_expert(f"COPY stage_quotes ({_COLS}) FROM STDIN (FORMAT csv)", pa.BufferReader(buffer.getvalue()))
     params = {"source": batch.source, "dataset_id": batch.dataset_id}
     cur.execute(_UPSERT_QUOTES, params)
     inserted, updated = cur.fetchone()

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Iterator
 
 from .base import CANONICAL_FIELDS, Batch, PermanentSourceError, Source
-from .csv_columnar import parse_block
 from .csv_formats import (HASH_BLOCK, HEADER_SEARCH_LINES, MAX_LINE_BYTES, RAW_CHARS, FileFormat, LineFeed,
                           decode_line, describe, identity, max_cells, no_coin_reason, read_header)
 
@@ -146,6 +145,7 @@ class CsvSource(Source):
         if not self.settings.csv_columnar or fmt.not_usd_reason:
             yield from self._rows(rel, fmt, delimiter, feed, start, first_line, rows, size, state)
             return
+        from .csv_columnar import parse_block     # pyarrow: imported by the processes that read CSV only
         chunk_rows, limit = self.settings.csv_chunk_rows, feed.limit
         guess = 128 * chunk_rows            # bytes read for a chunk; adapted to the file's line length
         while True:                             # start, first_line: where this chunk's bytes begin
