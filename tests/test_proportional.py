@@ -67,3 +67,18 @@ def test_one_percent_changed_is_written_alone_and_stores_what_a_full_load_stores
     assert proportional == table(db_conn, STORED)
     assert any(row[-1] for row in proportional)                  # the jump was flagged on both sides
     assert any(row[6] == "1234567.50" for row in proportional)
+
+
+def test_new_plausibility_settings_re_read_every_record(test_env, db_conn, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copy(DATA / "asset_overrides.json", data_dir / "asset_overrides.json")
+    path = data_dir / "history.csv"
+    generate(path, 2000, seed=3)
+    base = {"CSV_DATA_DIR": data_dir, "CSV_CHUNK_ROWS": 500, "CSV_SEGMENT_BYTES": 0}
+    run_inline(settings_for(test_env, **base, PLAUSIBILITY_CSV="market_cap_ceiling:soft"), "csv")
+    generate(path, 2000, seed=3, changed_every=100)
+    _, again = run_inline(settings_for(test_env, **base, PLAUSIBILITY_CSV="market_cap_ceiling:off"), "csv")
+    quality = table(db_conn, "SELECT stats->'quality' FROM etl_runs ORDER BY created_at DESC LIMIT 1")[0][0] or {}
+    assert again.status == "succeeded" and again.loaded + again.rejected == 2000 and again.loaded > 1900
+    assert "unchanged_rows_skipped" not in quality

@@ -103,7 +103,8 @@ def transform_block(source, resolver, batch, checks=None, dataset_id=None, known
     marks = _marks(table, fmt)
     seen = check = None
     if known is not None:                       # proportional re-ingest (pipeline/proportional.py)
-        hashes = row_hashes(block.raw_lines(), marks)
+        rules = repr((checks.severity, checks.settings) if checks is not None else None) + repr(resolver.overrides)
+        hashes = row_hashes(block.raw_lines(), marks, rules)
         seen = known_in(hashes, known)          # the same bytes, under the same marks, as a stored record
         check = np.flatnonzero(~seen) if seen.any() else None
     ok = np.ones(n, dtype=bool)

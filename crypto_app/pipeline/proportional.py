@@ -41,9 +41,10 @@ def known_in(hashes: np.ndarray, known: np.ndarray) -> np.ndarray:
     return known[at] == hashes
 
 
-def row_hashes(lines: list[bytes], marks: dict) -> np.ndarray:
-    """One 8-byte hash per record line, keyed by the chunk's decimal marks."""
-    key = _key(repr(sorted(marks.items())).encode())
+def row_hashes(lines: list[bytes], marks: dict, rules: str = "") -> np.ndarray:
+    """One 8-byte hash per record line, keyed by the chunk's decimal marks and `rules` (what else decides a
+    record's outcome: plausibility settings, identity overrides), so a change of either re-reads everything."""
+    key = _key((repr(sorted(marks.items())) + rules).encode())
     blake = hashlib.blake2b
     return np.frombuffer(b"".join(blake(line, digest_size=8, key=key).digest() for line in lines), dtype=np.uint64)
 
