@@ -173,3 +173,35 @@ def test_columnar_and_row_paths_agree(test_env, db_conn, tmp_path, seed):
     assert columns["rejected"] == rows["rejected"]
     assert columns["quality"] == rows["quality"]
     assert rows["stored"] and (rows["rejected"] or dirt < 1)
+
+
+def test_both_paths_store_the_same_rows_in_postgresql(test_env, db_conn, tmp_path):
+    """The same comparison through the whole pipeline: what lands in quotes and rejected_records."""
+    from pipeline_helpers import run_inline, table
+
+    rng = random.Random(99)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copy(DATA / "asset_overrides.json", data_dir / "asset_overrides.json")
+    for layout, dirt in (("kaggle", 0.05), ("cmc", 1.0), ("semicolon", 0.05)):
+        name, data = _file(rng, layout, 400, dirt)
+        (data_dir / f"{layout}_{name}" if layout != "cmc" else data_dir / name).write_bytes(data)
+    stored = ("SELECT a.slug, d.name, q.observed_at, q.price_usd::text, q.open_usd::text, q.high_usd::text, "
+              "q.low_usd::text, q.volume_24h_usd::text, q.market_cap_usd::text, q.flags FROM quotes q "
+              "JOIN assets a ON a.id = q.asset_id JOIN datasets d ON d.id = q.dataset_id ORDER BY 1, 2, 3")
+    rejected = "SELECT reason, errors::text, record::text FROM rejected_records ORDER BY 1, 2, 3"
+    outcomes = []
+    for flag in (0, 1):
+        settings = settings_for(test_env, CSV_DATA_DIR=data_dir, CSV_CHUNK_ROWS=50, CSV_COLUMNAR=flag,
+                                PLAUSIBILITY_CSV="future_time:soft")
+        _, outcome = run_inline(settings, "csv")
+        outcomes.append((table(db_conn, stored), table(db_conn, rejected), outcome.fetched, outcome.loaded))
+        with db_conn.cursor() as cur:
+            cur.execute("TRUNCATE rejected_records, raw_payloads, quotes, latest_quotes, dataset_assets, datasets, "
+                        "asset_identifiers, assets, checkpoints, etl_runs, csv_row_hashes RESTART IDENTITY CASCADE")
+        db_conn.commit()
+    assert outcomes[0][0] and outcomes[0][1]
+    rows, columns = outcomes
+    assert columns[2:] == rows[2:]
+    assert [r for r in columns[0] if r not in rows[0]] == [] and [r for r in rows[0] if r not in columns[0]] == []
+    assert [r for r in columns[1] if r not in rows[1]] == [] and [r for r in rows[1] if r not in columns[1]] == []

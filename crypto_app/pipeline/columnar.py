@@ -421,7 +421,8 @@ def _price_jumps(checks, columns, price, assets, observed, micros, flags, keep, 
     previous_exact, first_previous = {}, {}
     for s in starts.tolist():
         asset = int(group_assets[s])
-        prev = _newest(stored.get(asset), checks._last.get((dataset_id, asset)), observed[int(order[s])])
+        first = observed[int(order[s])]
+        prev = _newest(stored.get(asset), checks.remembered((dataset_id, asset), first), first)
         first_previous[s] = prev
         previous_exact[s] = prev[1] if prev else None
         previous[s] = float(prev[1]) if prev else np.nan
@@ -441,16 +442,20 @@ def _price_jumps(checks, columns, price, assets, observed, micros, flags, keep, 
         prev = previous_exact[p] if p in start_set else Decimal(columns["price_usd"][int(order[p - 1])].as_py())
         if price_jump(Decimal(columns["price_usd"][k].as_py()), prev, factor):
             flags.setdefault(k, []).append("price_jump")
-    _remember(checks, columns, group_assets, order, starts, observed, dataset_id)
+    _remember(checks, columns, group_assets, order, starts, observed, micros, dataset_id)
 
 
-def _remember(checks, columns, group_assets, order, starts, observed, dataset_id) -> None:
-    ends = np.r_[starts[1:], order.size] - 1
-    for s, e in zip(starts.tolist(), ends.tolist()):
-        k = int(order[e])
-        key = (dataset_id, int(group_assets[s]))
-        if key not in checks._last or observed[k] > checks._last[key][0]:
-            checks._last[key] = (observed[k], Decimal(columns["price_usd"][k].as_py()))
+def _remember(checks, columns, group_assets, order, starts, observed, micros, dataset_id) -> None:
+    """PlausibilityCheck.remember of the rows of this batch (all kept: price_jump is soft here)."""
+    prices = columns["price_usd"].take(pa.array(order, pa.int64())).to_pylist()
+    times = micros[order].tolist()
+    bounds = starts.tolist() + [order.size]
+    accepted = {}
+    for g in range(len(bounds) - 1):
+        s, e = bounds[g], bounds[g + 1]
+        accepted[(dataset_id, int(group_assets[s]))] = [(times[p], prices[p], observed[int(order[p])])
+                                                        for p in range(s, e)]
+    checks.remember(accepted)
 
 
 def _price_jumps_by_row(checks, columns, assets, observed, flags, keep, order, starts, previous_exact, rows_idx,
@@ -458,9 +463,11 @@ def _price_jumps_by_row(checks, columns, assets, observed, flags, keep, order, s
     """price_jump with severity hard: the row path's sequential rule (a quarantined row is no one's previous)."""
     factor = checks.settings.price_jump_factor
     bounds = list(starts.tolist()) + [order.size]
+    accepted = {}
     for g in range(len(bounds) - 1):
         s = bounds[g]
         previous = first_previous[s]
+        key = (dataset_id, int(assets[int(order[s])]))
         for p in range(s, bounds[g + 1]):
             k = int(order[p])
             value = Decimal(columns["price_usd"][k].as_py())
@@ -472,9 +479,8 @@ def _price_jumps_by_row(checks, columns, assets, observed, flags, keep, order, s
                 keep[k] = False
                 continue
             previous = (observed[k], value)
-        key = (dataset_id, int(assets[int(order[s])]))
-        if previous and (key not in checks._last or previous[0] > checks._last[key][0]):
-            checks._last[key] = previous
+            accepted.setdefault(key, []).append((_micros(observed[k]), value, observed[k]))
+    checks.remember(accepted)
 
 
 __all__ = ["ColumnRows", "transform_block"]
