@@ -233,6 +233,7 @@ class Settings:
     csv_data_dir: Path
     csv_chunk_rows: int
     csv_segment_bytes: int
+    csv_columnar: bool
     http_timeout_seconds: float
     reject_share_partial: float
     task_max_retries: int
@@ -345,6 +346,7 @@ def load_settings(env: dict | None = None) -> Settings:
         csv_data_dir=data_dir,
         csv_chunk_rows=_int(env, "CSV_CHUNK_ROWS", 20000, 1, 10_000_000),
         csv_segment_bytes=_int(env, "CSV_SEGMENT_BYTES", 32 * 1024 * 1024, 0),
+        csv_columnar=bool(_int(env, "CSV_COLUMNAR", 1, 0, 1)),
         http_timeout_seconds=_float(env, "HTTP_TIMEOUT_SECONDS", 20.0, 0.1, 600),
         reject_share_partial=_float(env, "REJECT_SHARE_PARTIAL", 0.05, 0.0, 1.0),
         task_max_retries=_int(env, "TASK_MAX_RETRIES", 5, 0, 100),

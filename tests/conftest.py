@@ -33,7 +33,7 @@ from crypto_app.config import load_settings  # noqa: E402
 from crypto_app import checkout  # noqa: E402
 
 TABLES = ("backfill_windows", "backfills", "rejected_records", "raw_payloads", "raw_pages", "candles", "quotes", "latest_quotes", "dataset_assets", "datasets",
-          "asset_identifiers", "assets", "checkpoints", "etl_runs")
+          "asset_identifiers", "assets", "checkpoints", "etl_runs", "csv_row_hashes")
 
 
 def _server_urls() -> tuple[str, str]:

@@ -31,7 +31,8 @@ def run(data_dir, cursor=None, chunk=1000, **options) -> list:
 
 
 def records(batches) -> list[dict]:
-    return [r for b in batches for r in b.records]
+    """The records of the batches, also of chunks read column-wise (Batch.block)."""
+    return [r for b in batches for r in (b.block.records(b.locator["file"]) if b.block is not None else b.records)]
 
 
 def normalized(data_dir, batches) -> list[dict]:
@@ -271,7 +272,7 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path):
     full = [(r["_file"], r["_line"], r["symbol"]) for r in records(run(tmp_path, chunk=10))]
     first = next(iter(source(tmp_path, chunk=10).batches({})))      # stop after one chunk
     rest = run(tmp_path, first.next_cursor, chunk=10)
-    resumed = [(r["_file"], r["_line"], r["symbol"]) for r in first.records + records(rest)]
+    resumed = [(r["_file"], r["_line"], r["symbol"]) for r in records([first]) + records(rest)]
     assert len(full) == 107 and resumed == full
     assert rest[0].locator["start"] == first.locator["end"]
 
@@ -309,7 +310,7 @@ def test_a_large_file_streams_with_flat_memory(tmp_path):
     try:
         count, end = 0, 0
         for batch in source(tmp_path, chunk=5000).batches({}):
-            count += len(batch.records)
+            count += batch.size
             end = batch.locator["end"]
         peak = tracemalloc.get_traced_memory()[1]
     finally:

@@ -109,6 +109,7 @@ class IngestionRun:
                                    self.settings.csv_data_dir if source.name == "csv" else None)
         newest = saved.get("newest_observed_at")
         checks = PlausibilityCheck(self.settings.plausibility, self.source_name, self.identity_conn)
+        files = FileHashes(self.identity_conn, skip=checks.severity["price_jump"] != "hard")
 
         guard = threading.Lock()            # stats are updated by the writer thread, copied by this one
 
@@ -127,15 +128,22 @@ class IngestionRun:
                 reason = self.should_stop()
                 if reason:
                     raise RunSuperseded(reason)
-                dataset = datasets.for_batch(source, batch.locator) if batch.records else None
+                dataset = datasets.for_batch(source, batch.locator) if batch.size else None
+                size, sample = batch.size, sample_records(batch)
+                known, row_hashes = files.for_batch(batch)
                 rows, rejections, quality = transform(source, resolver, batch, checks,
-                                                      dataset.id if dataset else None)
-                observe(seen_types, batch.records)
-                counts = {"fetched": len(batch.records) + len(batch.invalid), "loaded": len(rows),
+                                                      dataset.id if dataset else None, known)
+                batch.block = None             # the chunk's raw columns are not needed any more (memory)
+                if getattr(rows, "skipped", 0):
+                    quality["unchanged_rows_skipped"] += rows.skipped
+                if row_hashes is not None:
+                    row_hashes = (*row_hashes, getattr(rows, "hashes", None))
+                observe(seen_types, sample)
+                counts = {"fetched": size + len(batch.invalid), "loaded": len(rows),
                           "rejected": len(rejections), "pages": 1}
                 for key in ("fetched", "loaded", "rejected", "pages"):
                     totals[key] += counts[key]
-                batch_newest = max((r["observed_at"] for r in rows), default=None)
+                batch_newest = newest_observed_at(rows)
                 if batch_newest and (newest is None or batch_newest.isoformat() > newest):
                     newest = batch_newest.isoformat()
                 checkpoint = {"position": batch.next_cursor, "run_id": self.run_id, "complete": False,
@@ -150,8 +158,8 @@ class IngestionRun:
                     dataset_interval=datasets.learned_interval(dataset, rows) if dataset else None,
                     content_hash=batch.content_hash,
                     locator=batch.locator, fetched_at=batch.fetched_at, raw_body=batch.raw,
-                    record_count=len(batch.records), rejections=rejections, checkpoint=checkpoint,
-                    run_counters=counts, run_stats=snapshot, quality=quality), counts)
+                    record_count=size, rejections=rejections, checkpoint=checkpoint,
+                    run_counters=counts, run_stats=snapshot, quality=quality, row_hashes=row_hashes), counts)
             writer.close()
         except SourceError as exc:
             if exc.kind:    # counted per cause: cryptoflow_upstream_errors_total{source, kind}
@@ -212,6 +220,26 @@ class IngestionRun:
         self.conn.commit()
 
 
+class FileHashes:
+    """Per CSV file of a run: the hashes of its stored records (proportional re-ingest), loaded once when
+    the file is read from its start, whose first batch then replaces them."""
+
+    def __init__(self, conn, skip: bool = True):
+        self.conn, self.skip = conn, skip
+        self._known: dict[str, object] = {}
+
+    def for_batch(self, batch: Batch):
+        """(hashes to skip by or None, (file, chunk start, reset) for LoadBatch.row_hashes or None)."""
+        rel = batch.locator.get("file") if isinstance(batch.locator, dict) else None
+        if rel is None:
+            return None, None
+        reset = rel not in self._known and batch.locator.get("start") == 0
+        if rel not in self._known:
+            from .proportional import EMPTY, known_hashes     # numpy: imported by the processes that read CSV
+            self._known[rel] = known_hashes(self.conn, rel) if reset and self.skip else EMPTY
+        return self._known[rel], (rel, int(batch.locator["start"]), reset)
+
+
 def backoff_seconds(failures: int, retry_after: float | None, maximum: float = 600.0) -> float:
     """Exponential backoff with full jitter; an upstream's Retry-After wins when it is longer."""
     ceiling = min(maximum, 2.0 ** max(failures, 1))
@@ -222,13 +250,19 @@ def backoff_seconds(failures: int, retry_after: float | None, maximum: float = 6
 
 
 def transform(source, resolver: IdentityResolver, batch: Batch, checks: PlausibilityCheck | None = None,
-              dataset_id: int | None = None) -> tuple[list[dict], list[tuple], Counter]:
+              dataset_id: int | None = None, known=None) -> tuple[list[dict], list[tuple], Counter]:
     """Normalize, validate, resolve and check the records of one batch: (rows to load, rejections, quality
     counts: "ambiguous_numbers", "soft:<rule>", "hard:<rule>").
 
     Numbers of a source without a fixed number format (CSV files) are read under the decimal mark of
     their column in this batch (crypto_app.pipeline.numbers). Every row carries `flags` (the soft
-    plausibility rules it tripped), stored in quotes.flags; `price_jump` compares within `dataset_id`."""
+    plausibility rules it tripped), stored in quotes.flags; `price_jump` compares within `dataset_id`.
+
+    A CSV chunk read column-wise (batch.block) goes through crypto_app.pipeline.columnar, which applies
+    these same rules to whole columns and returns its rows as columns (ColumnRows)."""
+    if batch.block is not None:
+        from .columnar import transform_block   # pyarrow: imported by the processes that read CSV only
+        return transform_block(source, resolver, batch, checks, dataset_id, known)
     rejections, quality = [], Counter()
     for raw, reason in batch.invalid:
         rejections.append((reason, {"_record": [reason]}, raw, batch.locator))
@@ -268,6 +302,20 @@ def transform(source, resolver: IdentityResolver, batch: Batch, checks: Plausibi
     quality.update(counts)
     rejections.extend((reason, errors, record, batch.locator) for reason, errors, record in implausible)
     return [clean for clean, _ in accepted], rejections, quality
+
+
+def newest_observed_at(rows):
+    """The latest observed_at among a batch's rows (dicts or ColumnRows); None if there are none."""
+    if getattr(rows, "columnar", False):
+        return rows.newest_observed_at()
+    return max((r["observed_at"] for r in rows), default=None)
+
+
+def sample_records(batch: Batch, count: int = 5) -> list[dict]:
+    """The first records of a batch as dicts (what schema drift looks at)."""
+    if batch.block is None:
+        return batch.records
+    return [batch.block.record(i, batch.locator["file"]) for i in range(min(count, batch.block.num_rows))]
 
 
 def _number_marks(normalized: list[tuple[dict, dict]]) -> dict:

@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import psycopg2
 from psycopg2.extras import Json, execute_values
 
 from ..models.quotes import QUOTE_VALUE_COLUMNS
@@ -158,6 +159,7 @@ class LoadBatch:
     quality: dict = field(default_factory=dict)         # added to etl_runs.stats->'quality' (counts by key)
     in_transaction: object = None        # callable(cursor, BatchResult) run before the commit (a backfill
     #                                      window marks itself done with its rows: pipeline/backfill_window.py)
+    row_hashes: tuple | None = None     # (file, chunk start, reset, packed hashes or None): pipeline/proportional.py
 
 
 def _copy_text(value) -> str:
@@ -180,7 +182,7 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
                                [(batch.run_id, batch.source, _jsonable(reason), Json(_jsonable(errors)),
                                  Json(_jsonable(record)), Json(_jsonable(locator)))
                                 for reason, errors, record, locator in batch.rejections])
-            rows = _dedupe(batch.rows)
+            rows = batch.rows.deduplicated() if _columnar(batch.rows) else _dedupe(batch.rows)
             if rows:
                 if batch.dataset_id is None:
                     batch.dataset_id = _default_dataset(cur, batch.source)
@@ -188,6 +190,8 @@ def load_batch(conn, batch: LoadBatch) -> BatchResult:
             if batch.dataset_interval is not None and batch.dataset_id is not None:
                 cur.execute("UPDATE datasets SET native_interval = %s WHERE id = %s AND native_interval IS NULL",
                             (batch.dataset_interval, batch.dataset_id))
+            if batch.row_hashes is not None:
+                _store_row_hashes(cur, *batch.row_hashes)
             if batch.checkpoint is not None:
                 cur.execute("INSERT INTO checkpoints (source, cursor, run_id, updated_at) VALUES (%s, %s, %s, now()) "
                             "ON CONFLICT (source) DO UPDATE SET cursor = checkpoints.cursor || EXCLUDED.cursor, "
@@ -296,8 +300,10 @@ def _default_dataset(cur, source: str) -> int:
     return row[0]
 
 
-def _upsert_quotes(cur, batch: LoadBatch, rows: list[dict]) -> BatchResult:
+def _upsert_quotes(cur, batch: LoadBatch, rows) -> BatchResult:
     cur.execute(_STAGE)
+    if _columnar(rows):
+        return _upsert_columns(cur, batch, rows)
     buffer = io.StringIO()
     for row in rows:
         values = [row["asset_id"]] + [row.get(c) for c in QUOTE_VALUE_COLUMNS] + [
@@ -313,6 +319,41 @@ def _upsert_quotes(cur, batch: LoadBatch, rows: list[dict]) -> BatchResult:
     cur.execute(_UPSERT_LATEST, params)
     return BatchResult(staged=len(rows), inserted=inserted, updated=updated,
                        newest_observed_at=max(row["observed_at"] for row in rows))
+
+
+def _store_row_hashes(cur, rel: str, start: int, reset: bool, hashes: bytes | None) -> None:
+    if reset:
+        cur.execute("DELETE FROM csv_row_hashes WHERE file = %s", (rel,))
+    if hashes:
+        cur.execute("INSERT INTO csv_row_hashes (file, chunk_start, hashes) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (file, chunk_start) DO UPDATE SET hashes = EXCLUDED.hashes",
+                    (rel, start, psycopg2.Binary(hashes)))
+
+
+def _columnar(rows) -> bool:
+    """Rows as columns (crypto_app.pipeline.columnar.ColumnRows) rather than a list of dicts."""
+    return getattr(rows, "columnar", False)
+
+
+def _upsert_columns(cur, batch: LoadBatch, rows) -> BatchResult:
+    """COPY (CSV format: an unquoted empty field is NULL) straight from the columns of text."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    table = rows.table
+    count = table.num_rows
+    constant = {"fetched_at": batch.fetched_at.isoformat(), "run_id": str(batch.run_id),
+                "payload_hash": batch.content_hash}
+    for name, value in constant.items():
+        table = table.append_column(name, pa.array([value] * count, pa.string()))
+    buffer = pa.BufferOutputStream()
+    pacsv.write_csv(table.select(list(ROW_COLUMNS)), buffer,
+                    write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    cur.copy_expert(f"COPY stage_quotes ({_COLS}) FROM STDIN (FORMAT csv)", pa.BufferReader(buffer.getvalue()))
+    params = {"source": batch.source, "dataset_id": batch.dataset_id}
+    cur.execute(_UPSERT_QUOTES, params)
+    inserted, updated = cur.fetchone()
+    cur.execute(_UPSERT_LATEST, params)
+    return BatchResult(staged=count, inserted=inserted, updated=updated, newest_observed_at=rows.newest_observed_at())
 
 
 _FLAG = re.compile(r"^[a-z][a-z0-9_]{0,62}$")

@@ -96,7 +96,18 @@ def decide(found: dict, fallback: str | None = None) -> str | None:
 
 def column_marks(columns: dict) -> dict:
     """{field: [texts]} of one chunk -> {field: mark}."""
-    found = {name: evidence(texts) for name, texts in columns.items()}
+    return marks_from_evidence({name: evidence(texts) for name, texts in columns.items()})
+
+
+# The evidence patterns for one value at a time (no (?m)): what crypto_app.pipeline.columnar matches
+# against whole ASCII columns (there RE2's \d, ASCII only, is Python's \d).
+VALUE_EVIDENCE = {kind: "^[ \t]*" + _SIGN + "(?:" + shape + ")[ \t]*$" for kind, shape in
+                  (("dot_dec", DOT_DEC), ("comma_dec", COMMA_DEC), ("multi_dot", _GD_MULTI),
+                   ("multi_comma", _GC_MULTI))}
+
+
+def marks_from_evidence(found: dict) -> dict:
+    """{field: evidence(...)} of one chunk -> {field: mark}."""
     chunk = decide(merge(*found.values())) if found else None
     fallback = None if chunk == MIXED else chunk
     return {name: decide(f, fallback) for name, f in found.items()}

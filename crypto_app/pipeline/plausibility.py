@@ -13,7 +13,8 @@ Counts go to the run as "soft:<rule>" (records flagged) and "hard:<rule>" (recor
 """
 from __future__ import annotations
 
-from collections import Counter
+from bisect import bisect_left
+from collections import Counter, deque
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -91,9 +92,9 @@ class PlausibilityCheck:
     """Applies the rules of one source to the batches of one run.
 
     `conn` (psycopg2, may be None) is read for the newest stored price of each asset in the batch's
-    dataset before the batch's rows: one query per batch (crypto_app.pipeline.previous). The newest
-    accepted price of each (dataset, asset) in this run is remembered, since the batch before may still
-    be on its way to the database. Another dataset's prices are never compared: two files of one coin
+    dataset before the batch's rows: one query per batch (crypto_app.pipeline.previous). The prices
+    accepted in the last three batches are remembered (`remembered`), since those may still be on their
+    way to the database: "previous" is then the same whether or not they were committed yet. Another dataset's prices are never compared: two files of one coin
     may disagree without either jumping."""
 
     def __init__(self, settings, source: str, conn=None, clock=None):
@@ -102,7 +103,9 @@ class PlausibilityCheck:
         self.severity = settings.for_source(source)
         self.conn = conn
         self.clock = clock or (lambda: datetime.now(timezone.utc))
-        self._last: dict[tuple, tuple[datetime, Decimal]] = {}
+        # accepted (time, price) of the last batches per (dataset, asset): a batch may still be on its way to
+        # the database (pipeline/load.py BatchWriter: one queued, one being written) when the next is checked
+        self._recent: deque = deque(maxlen=3)
         s = settings
         checks = {
             "ohlc_order": lambda row, now: ohlc_order(row.get("open_usd"), row.get("high_usd"), row.get("low_usd"),
@@ -158,10 +161,11 @@ class PlausibilityCheck:
             by_asset.setdefault(item[0]["asset_id"], []).append(item)
         stored = self._stored_before(dataset_id,
                                      {a: min(c["observed_at"] for c, _ in items) for a, items in by_asset.items()})
-        keep = set()
+        keep, kept = set(), {}
         for asset_id, items in by_asset.items():
             items.sort(key=lambda item: item[0]["observed_at"])
-            previous = _newest(stored.get(asset_id), self._last.get((dataset_id, asset_id)), items[0][0]["observed_at"])
+            first = items[0][0]["observed_at"]
+            previous = _newest(stored.get(asset_id), self.remembered((dataset_id, asset_id), first), first)
             for clean, raw in items:
                 message = price_jump(clean["price_usd"], previous[1] if previous else None, factor)
                 if message and hard:
@@ -172,10 +176,33 @@ class PlausibilityCheck:
                     clean["flags"].append("price_jump")
                 keep.add(id(clean))
                 previous = (clean["observed_at"], clean["price_usd"])
-            key = (dataset_id, asset_id)
-            if previous and (key not in self._last or previous[0] > self._last[key][0]):
-                self._last[key] = previous
+                kept.setdefault((dataset_id, asset_id), []).append(
+                    (_micros(clean["observed_at"]), clean["price_usd"], clean["observed_at"]))
+        self.remember(kept)
         return [item for item in accepted if id(item[0]) in keep]
+
+    def remembered(self, key: tuple, before: datetime) -> tuple | None:
+        """The newest (time, price) before `before` accepted for `key` in the last batches of this run (which
+        may not be committed yet; older ones are in the database)."""
+        limit, best = _micros(before), None
+        for batch in self._recent:                     # oldest first: a later batch wins a tie
+            found = batch.get(key)
+            if not found:
+                continue
+            micros, prices, times = found
+            i = bisect_left(micros, limit) - 1
+            if i >= 0 and (best is None or times[i] >= best[0]):
+                price = prices[i]
+                best = (times[i], price if isinstance(price, Decimal) else Decimal(price))
+        return best
+
+    def remember(self, accepted: dict) -> None:
+        """{(dataset, asset): [(microseconds, price, time), ...]} accepted in one batch, in row order."""
+        batch = {}
+        for key, items in accepted.items():
+            items.sort(key=lambda item: item[0])       # stable: the last of equal times is the stored one
+            batch[key] = ([m for m, _, _ in items], [p for _, p, _ in items], [t for _, _, t in items])
+        self._recent.append(batch)
 
     def _stored_before(self, dataset_id: int | None, first_seen: dict) -> dict:
         if self.conn is None or dataset_id is None or not first_seen:
@@ -184,6 +211,13 @@ class PlausibilityCheck:
         if not self.conn.autocommit:
             self.conn.commit()
         return {asset_id: value for (asset_id, _, _), value in found.items()}
+
+
+_EPOCH, _MICRO = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(microseconds=1)
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICRO
 
 
 def _newest(stored, remembered, before: datetime):

@@ -105,6 +105,8 @@ def plan(conn, settings, run_id: str) -> tuple[list[dict], set[str]]:
                     "COALESCE(cursor->'segments', '{}'::jsonb) || %s::jsonb, true) WHERE source = 'csv'",
                     (json.dumps(planned),))
         cur.execute("UPDATE etl_runs SET stats = stats || '{\"segmented\": true}'::jsonb WHERE id = %s", (run_id,))
+        # proportional re-ingest: segments store no row hashes, so these files forget theirs
+        cur.execute("DELETE FROM csv_row_hashes WHERE file = ANY(%s)", (sorted(planned),))
     conn.commit()
     tasks = [{"run_id": run_id, "rel": rel, "start": int(start), "end": part["end"]}
              for rel, seg in planned.items() for start, part in seg["parts"].items() if not part["done"]]
@@ -147,7 +149,7 @@ def run_segment(settings, conn, identity_conn, run_id: str, rel: str, start: int
         reason = should_stop() if should_stop else None
         if reason:
             raise RunSuperseded(reason)
-        dataset = datasets.for_batch(source, batch.locator) if batch.records else None
+        dataset = datasets.for_batch(source, batch.locator) if batch.size else None
         rows, rejections, quality = transform(source, resolver, batch, checks, dataset.id if dataset else None)
         rows_total += len(rows)
         progress = {"end": end, "pos": batch.next_cursor["pos"], "line": batch.next_cursor["line"],
@@ -156,9 +158,9 @@ def run_segment(settings, conn, identity_conn, run_id: str, rel: str, start: int
             run_id=run_id, source="csv", rows=rows, dataset_id=dataset.id if dataset else None,
             dataset_interval=datasets.learned_interval(dataset, rows) if dataset else None,
             content_hash=batch.content_hash, locator=batch.locator,
-            fetched_at=batch.fetched_at, record_count=len(batch.records), rejections=rejections,
+            fetched_at=batch.fetched_at, record_count=batch.size, rejections=rejections,
             checkpoint_patch=(["segments", rel, "parts", str(start)], progress),
-            run_counters={"fetched": len(batch.records) + len(batch.invalid), "loaded": len(rows),
+            run_counters={"fetched": batch.size + len(batch.invalid), "loaded": len(rows),
                           "rejected": len(rejections), "pages": 1}, quality=quality))
     return True
 

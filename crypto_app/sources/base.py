@@ -42,6 +42,12 @@ class Batch:
     invalid: list[tuple[dict, str]] = field(default_factory=list)  # (raw record, reason) the source could
     #                                     not even parse (a CSV row with broken quoting, binary garbage):
     #                                     the pipeline quarantines them with the reason
+    block: Any = None                   # a CSV chunk read column-wise (csv_columnar.Block) instead of `records`
+
+    @property
+    def size(self) -> int:
+        """How many records the batch carries (rows of `block`, or `records`)."""
+        return self.block.num_rows if self.block is not None else len(self.records)
 
 
 Throttle = Callable[[], None]

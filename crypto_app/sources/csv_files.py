@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .base import CANONICAL_FIELDS, Batch, PermanentSourceError, Source
-from .csv_formats import (HASH_BLOCK, HEADER_SEARCH_LINES, RAW_CHARS, FileFormat, LineFeed, decode_line, describe,
-                          identity, max_cells, no_coin_reason, read_header)
+from .csv_formats import (HASH_BLOCK, HEADER_SEARCH_LINES, MAX_LINE_BYTES, RAW_CHARS, FileFormat, LineFeed,
+                          decode_line, describe, identity, max_cells, no_coin_reason, read_header)
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,58 @@ class CsvSource(Source):
         return 0, 1, 0, hashlib.sha256()
 
     def _records(self, rel, fmt: FileFormat, delimiter, feed: LineFeed, start, first_line, rows, size, state):
+        if not self.settings.csv_columnar or fmt.not_usd_reason:
+            yield from self._rows(rel, fmt, delimiter, feed, start, first_line, rows, size, state)
+            return
+        from .csv_columnar import parse_block     # pyarrow: imported by the processes that read CSV only
+        chunk_rows, limit = self.settings.csv_chunk_rows, feed.limit
+        guess = 128 * chunk_rows            # bytes read for a chunk; adapted to the file's line length
+        while True:                             # start, first_line: where this chunk's bytes begin
+            want = guess if limit is None else min(guess, limit - feed.pos)
+            data = feed.fh.read(want) if want > 0 else b""
+            if data and not data.endswith(b"\n"):
+                data += feed.fh.readline(MAX_LINE_BYTES + 1)
+            at_end = len(data) < want or (limit is not None and start + len(data) >= limit)
+            block = parse_block(data, fmt.columns, delimiter, feed.line_no) if data else None
+            if block is not None and block.num_rows < chunk_rows and not at_end:
+                feed.fh.seek(feed.pos)
+                guess *= 2                      # too few records for a full chunk: read more
+                continue
+            if data and block is None:          # irregular: this chunk exactly as the row reader reads it
+                feed.fh.seek(feed.pos)
+                batches = self._rows(rel, fmt, delimiter, feed, start, first_line, rows, size, state, single=True)
+                for batch in batches:
+                    rows = state["files"][rel]["rows"]
+                    yield batch
+                if state["files"][rel]["done"]:
+                    return
+                start, first_line = feed.pos, feed.line_no
+                continue
+            if block is not None and block.num_rows >= chunk_rows:
+                block = block.head(chunk_rows)
+                used = int(block.ends[-1])
+                guess = max(1 << 16, int(used / chunk_rows * chunk_rows * 1.1) + 4096)
+                at_end = False
+            else:
+                used = len(data)
+            feed.fh.seek(feed.pos + used)
+            piece = data[:used]
+            feed.file_hash.update(piece)
+            feed.chunk_hash.update(piece)
+            feed.pos += used
+            feed.line_no += piece.count(b"\n")
+            count = block.num_rows if block is not None else 0
+            rows += count
+            batch = self._batch(rel, feed, start, first_line, [], [], rows, size, state, last=at_end)
+            batch.block = block if count else None
+            yield batch
+            if at_end:
+                return
+            start, first_line = feed.pos, feed.line_no
+
+    def _rows(self, rel, fmt: FileFormat, delimiter, feed: LineFeed, start, first_line, rows, size, state,
+              single=False):
+        """The row reader; `single`: stop after the first full chunk (the columnar reader goes on)."""
         columns, width = fmt.columns, len(fmt.columns)
         limit, chunk_rows = max_cells(width), self.settings.csv_chunk_rows
         not_usd = fmt.not_usd_reason
@@ -194,6 +246,8 @@ class CsvSource(Source):
             if len(records) + len(invalid) >= chunk_rows:
                 rows += len(records)
                 yield self._batch(rel, feed, start, first_line, records, invalid, rows, size, state, last=False)
+                if single:
+                    return
                 start, first_line, records, invalid = feed.pos, feed.line_no, [], []
         invalid.extend(feed.bad)
         feed.bad.clear()

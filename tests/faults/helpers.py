@@ -49,7 +49,7 @@ def truncate_all(conn) -> None:
     with conn.cursor() as cur:
         cur.execute("TRUNCATE backfill_windows, backfills, rejected_records, raw_payloads, raw_pages, candles, quotes, latest_quotes, dataset_assets, datasets, "
                     "asset_identifiers, assets, "
-                    "checkpoints, etl_runs RESTART IDENTITY CASCADE")
+                    "checkpoints, etl_runs, csv_row_hashes RESTART IDENTITY CASCADE")
 
 
 def terminate_other_backends(conn) -> int:
