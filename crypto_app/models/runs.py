@@ -78,3 +78,12 @@ class RejectedRecord(db.Model):
     record = db.Column(JSONB)
     locator = db.Column(JSONB)
     created_at = db.Column(db.DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class CsvRowHashes(db.Model):
+    """Hashes of the records each column-wise CSV chunk stored (crypto_app/pipeline/proportional.py)."""
+    __tablename__ = "csv_row_hashes"
+
+    file = db.Column(db.Text, primary_key=True)
+    chunk_start = db.Column(db.BigInteger, primary_key=True, autoincrement=False)
+    hashes = db.Column(db.LargeBinary, nullable=False)
