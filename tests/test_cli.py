@@ -69,7 +69,7 @@ def test_a_large_import_keeps_memory_flat(test_env, db_conn, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     peak_mb = int(done.stdout.split("peak_kb")[1].split()[0]) / 1024
     assert table(db_conn, "SELECT count(*) FROM quotes") == [(300_000,)]
-    assert path.stat().st_size > 10_000_000 and peak_mb < 200, f"peak {peak_mb:.0f} MB"
+    assert path.stat().st_size > 10_000_000 and peak_mb < 250, f"peak {peak_mb:.0f} MB"   # target < 300 MB at any size; the app with pyarrow alone is ~190
 
 
 @pytest.mark.worker

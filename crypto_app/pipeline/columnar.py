@@ -61,6 +61,9 @@ class ColumnRows:
     def newest_observed_at(self):
         return _EPOCH + int(self._micros.max()) * _MICRO if self._micros.size else None
 
+    def oldest_observed_at(self):
+        return _EPOCH + int(self._micros.min()) * _MICRO if self._micros.size else None
+
     def __iter__(self):
         """{"asset_id", "observed_at"} per row (what datasets.detect_interval reads)."""
         for asset_id, micros in zip(self._assets.tolist(), self._micros.tolist()):

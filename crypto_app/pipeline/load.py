@@ -349,7 +349,9 @@ def _upsert_columns(cur, batch: LoadBatch, rows) -> BatchResult:
     pacsv.write_csv(table.select(list(ROW_COLUMNS)), buffer,
                     write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"))
     cur.copy_expert(f"COPY stage_quotes ({_COLS}) FROM STDIN (FORMAT csv)", pa.BufferReader(buffer.getvalue()))
-    params = {"source": batch.source, "dataset_id": batch.dataset_id}
+    # the time range of the batch: the update of changed rows reads only the partitions it covers
+    params = {"source": batch.source, "dataset_id": batch.dataset_id,
+              "first": rows.oldest_observed_at(), "last": rows.newest_observed_at()}
     cur.execute(_UPSERT_QUOTES, params)
     inserted, updated = cur.fetchone()
     cur.execute(_UPSERT_LATEST, params)
