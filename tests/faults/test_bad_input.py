@@ -146,10 +146,16 @@ def test_malformed_csv_files_load_their_good_rows_and_quarantine_the_rest_with_r
 
 
 def _import_in_child(env: dict, path: Path) -> tuple[subprocess.CompletedProcess, int]:
-    """`flask etl import PATH` in a child process; (result, its peak RSS in kB)."""
-    code = ("import atexit, resource, runpy, sys\n"
-            "atexit.register(lambda: sys.stderr.write("
-            "'MAXRSS_KB=%d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+    """`flask etl import PATH` in a child process; (result, its peak RSS in kB).
+
+    The peak is the child's own VmHWM: getrusage's ru_maxrss keeps the high-water mark of the image the child
+    was exec'd from (the forked copy of this big pytest process), so it reported the parent's size."""
+    code = ("import atexit, runpy, sys\n"
+            "def _hwm():\n"
+            "    for line in open('/proc/self/status'):\n"
+            "        if line.startswith('VmHWM:'):\n"
+            "            return int(line.split()[1])\n"
+            "atexit.register(lambda: sys.stderr.write('MAXRSS_KB=%d\\n' % _hwm()))\n"
             f"sys.argv = ['flask', '--app', 'wsgi:app', 'etl', 'import', {str(path)!r}]\n"
             "runpy.run_module('flask', run_name='__main__', alter_sys=True)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
