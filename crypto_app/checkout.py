@@ -293,7 +293,10 @@ def main(argv: list[str]) -> int:
         if not rest:
             print(f"usage: python -m crypto_app.checkout {action} [--stop-after] -- CMD ...", file=sys.stderr)
             return 2
-        name = os.environ.get("CRYPTOFLOW_COMMAND_NAME") or ("make run" if action == "run" else " ".join(rest)[:80])
+        # the name is for this session only: popped, so that a `make run` started under `make test` (the
+        # lifecycle tests) is not recorded as "make test" too
+        given = os.environ.pop("CRYPTOFLOW_COMMAND_NAME", None)
+        name = "make run" if action == "run" else (given or " ".join(rest)[:80])
         try:
             return run_command(rest, name, stop_after, own=action == "run")
         except ConfigError as exc:

@@ -58,3 +58,16 @@ def test_a_lone_sign_or_currency_mark_is_not_a_number_and_never_crashes():
     for text in ("$", "-", "+", "$-", "$+", "-$", " $ "):
         with pytest.raises(ValueError):
             parse_decimal(text)
+
+
+def test_a_negative_number_of_three_decimals_keeps_its_sign():
+    # found by hypothesis (tests/faults/test_properties.py): "-1.818" was stored as 1.818 (the "1.234"
+    # check read the number without its sign)
+    from decimal import Decimal
+
+    from crypto_app.pipeline.validate import parse_decimal
+
+    assert parse_decimal("-1.818") == Decimal("-1.818")
+    assert parse_decimal("+1.818") == Decimal("1.818")
+    assert parse_decimal(" -12.345 ", ".") == Decimal("-12.345")
+    assert parse_decimal("-1.818", ",") == Decimal("-1818")     # a column whose decimals use ',': "." groups

@@ -127,10 +127,12 @@ def parse_text(text: str, mark: str | None = MACHINE) -> Decimal:
         return _slow(text, mark)
     dot = text.find(".")
     if dot >= 0 and number.is_finite() and "e" not in text and "E" not in text:
-        body = text.strip().lstrip("+-")
+        body = text.strip()
+        sign = body[0] if body[0] in "+-" else ""                # "-1.818": the sign must stay ("" never: body is a number)
+        body = body[len(sign):]
         dot = body.find(".")
         if len(body) - dot == 4 and 1 <= dot <= 3 and body[0] != "0":
-            return _read("dot_ambiguous", body, text, mark)        # "1.234"
+            return _read("dot_ambiguous", body, text, mark, sign)  # "1.234"
     return number
 
 
