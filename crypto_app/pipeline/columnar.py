@@ -30,7 +30,7 @@ from .identity import IdentityError
 from .numbers import VALUE_EVIDENCE, evidence, marks_from_evidence
 from .columnar_checks import plausible
 from .proportional import known_in, pack, row_hashes, rows_to_process
-from .validate import (MISSING_TOKENS, NUMBER_FIELDS, RULE_ERRORS, ambiguous_fields, identified, rule_name,
+from .validate import (MISSING_TOKENS, NUMBER_FIELDS, RULE_ERRORS, identified, invalid_reason, rule_name,
                        rule_observed, rule_symbol, rule_text, validate_record)
 
 _UNSIGNED = ("price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd",
@@ -171,15 +171,7 @@ def transform_block(source, resolver, batch, checks=None, dataset_id=None, known
         record = block.record(i, rel)
         clean, errors = validate_record(source.normalize(record), marks)
         if errors:
-            ambiguous = ambiguous_fields(errors)
-            if ambiguous:
-                quality["ambiguous_numbers"] += 1
-                reason = "ambiguous number: " + "; ".join(
-                    f"{source.column_of(record, name)} {errors[name][0][len('ambiguous number '):]}"
-                    for name in ambiguous)
-            else:
-                reason = "invalid fields: " + ", ".join(sorted(errors))
-            rejections.append((reason, errors, record, locator))
+            rejections.append((invalid_reason(source, record, errors, quality), errors, record, locator))
         else:
             fallback[i] = clean
             moments.append(clean["observed_at"])

@@ -29,7 +29,7 @@ from .identity import IdentityError, IdentityResolver, load_overrides
 from .load import KEEP_QUALITY, BatchWriter, LoadBatch, RunSuperseded
 from .numbers import MACHINE, column_marks
 from .plausibility import PlausibilityCheck
-from .validate import NUMBER_FIELDS, ambiguous_fields, validate_record
+from .validate import NUMBER_FIELDS, invalid_reason, validate_record
 
 log = logging.getLogger(__name__)
 
@@ -278,15 +278,7 @@ def transform(source, resolver: IdentityResolver, batch: Batch, checks: Plausibi
     for record, values in normalized:
         clean, errors = validate_record(values, marks)
         if errors:
-            ambiguous = ambiguous_fields(errors)
-            if ambiguous:
-                quality["ambiguous_numbers"] += 1
-                reason = "ambiguous number: " + "; ".join(
-                    f"{source.column_of(record, name)} {errors[name][0][len('ambiguous number '):]}"
-                    for name in ambiguous)
-            else:
-                reason = "invalid fields: " + ", ".join(sorted(errors))
-            rejections.append((reason, errors, record, batch.locator))
+            rejections.append((invalid_reason(source, record, errors, quality), errors, record, batch.locator))
             continue
         try:
             clean["asset_id"] = resolver.resolve(clean)

@@ -303,4 +303,17 @@ def ambiguous_fields(errors: dict) -> list[str]:
                   if isinstance(messages, list) and any(str(m).startswith("ambiguous number") for m in messages))
 
 
-__all__ = ["AmbiguousNumber", "parse_decimal", "validate_record", "ambiguous_fields", "NUMBER_FIELDS"]
+
+
+def invalid_reason(source, record, errors: dict, quality) -> str:
+    """The rejection reason of a record validation refused (the row and the column-wise paths share it):
+    `ambiguous number: <Column> '<value>': <why>` (counted in `quality`), else the invalid fields."""
+    ambiguous = ambiguous_fields(errors)
+    if not ambiguous:
+        return "invalid fields: " + ", ".join(sorted(errors))
+    quality["ambiguous_numbers"] += 1
+    return "ambiguous number: " + "; ".join(
+        f"{source.column_of(record, name)} {errors[name][0][len('ambiguous number '):]}" for name in ambiguous)
+
+
+__all__ = ["AmbiguousNumber", "parse_decimal", "validate_record", "ambiguous_fields", "invalid_reason", "NUMBER_FIELDS"]
