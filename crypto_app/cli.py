@@ -60,7 +60,8 @@ def run_command(source: str, enqueue: bool, timeout: int, take_over: bool):
 
 @etl.command("import")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--force", is_flag=True, help="Read the file again even if it is unchanged since its last import.")
+@click.option("--force", is_flag=True, help="Read the file again from its start, even if unchanged since its last import, and validate "
+              "and upsert every record (none is skipped as already stored).")
 @click.option("--take-over", is_flag=True, help=TAKE_OVER_HELP)
 def import_command(path: str, force: bool, take_over: bool):
     """Import one CSV file (it must lie inside CSV_DATA_DIR) and print the run summary."""

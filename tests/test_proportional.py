@@ -82,3 +82,27 @@ def test_new_plausibility_settings_re_read_every_record(test_env, db_conn, tmp_p
     quality = table(db_conn, "SELECT stats->'quality' FROM etl_runs ORDER BY created_at DESC LIMIT 1")[0][0] or {}
     assert again.status == "succeeded" and again.loaded + again.rejected == 2000 and again.loaded > 1900
     assert "unchanged_rows_skipped" not in quality
+
+
+def test_a_forced_import_rewrites_every_record_even_those_stored_before(test_env, db_conn, tmp_path):
+    """`flask etl import --force` is how an operator repairs stored rows (after an upgrade that changes what a
+    record holds, or a row changed behind the pipeline's back): no record may be skipped as already stored."""
+    from crypto_app import create_app
+
+    shutil.copy(DATA / "asset_overrides.json", tmp_path / "asset_overrides.json")
+    path = tmp_path / "history.csv"
+    generate(path, 3000, seed=5)
+    app = create_app({"TESTING": True}, settings=settings_for(
+        test_env, CSV_DATA_DIR=tmp_path, CSV_CHUNK_ROWS=1000, CSV_SEGMENT_BYTES=0,
+        PLAUSIBILITY_CSV="market_cap_ceiling:soft"))
+    first = app.test_cli_runner().invoke(args=["etl", "import", str(path)])
+    assert first.exit_code == 0 and "loaded 3,000" in first.output, first.output
+    stored = table(db_conn, STORED)
+    with db_conn.cursor() as cur:           # a stored value that no longer says what the file says
+        cur.execute("UPDATE quotes SET price_usd = 1 WHERE (asset_id, observed_at) IN "
+                    "(SELECT asset_id, observed_at FROM quotes ORDER BY observed_at LIMIT 5)")
+    db_conn.commit()
+
+    forced = app.test_cli_runner().invoke(args=["etl", "import", "--force", str(path)])
+    assert forced.exit_code == 0 and "loaded 3,000" in forced.output, forced.output
+    assert table(db_conn, STORED) == stored

@@ -105,6 +105,33 @@ def test_history_answers_from_rollups_and_says_so(client, db_conn, test_env, set
     assert recent["resolution"] == "raw"
 
 
+def test_a_year_of_history_answers_from_daily_rollups_exactly(client, db_conn, test_env, settings):
+    """Issue 11: a history query over a year is answered from the rollups (daily candles, the coarsest that
+    divides the step) merged with the raw rows still kept, and gives the same candles the raw rows gave."""
+    ids = assets(db_conn, 1)
+    run_id = d.run(db_conn, "coingecko")
+    start = (now() - timedelta(days=366)).replace(hour=0, minute=0, second=0, microsecond=0)
+    written = write_snapshots(test_env["DATABASE_URL"], run_id, ids, start, count=366 * 3,
+                              step=timedelta(hours=8))
+    since = start + timedelta(days=1)
+    url = f"/api/v1/assets/coin-1/history?interval=1d&since={since.isoformat()}".replace("+", "%2B")
+    before = client.get(url).get_json()
+    assert before["resolution"] == "1d" and len(before["candles"]) == 365      # no rollups yet: raw rows only
+
+    assert deliver_maintenance(settings, trigger="cli", kind="cli").status == "succeeded"
+    oldest_raw = table(db_conn, "SELECT min(observed_at) FROM quotes")[0][0]
+    assert oldest_raw >= now() - timedelta(days=settings.storage.retention_raw_days + 7)   # the rest rolled up
+    rolled = table(db_conn, "SELECT count(*), sum(samples) FROM candles WHERE resolution = '1d'")[0]
+    assert rolled[0] > 320 and rolled[1] == sum(1 for (_, at) in written if at < oldest_raw)
+
+    after = client.get(url).get_json()
+    assert after["resolution"] == "1d" and after["candles"] == before["candles"]      # the same answer
+    expected = expected_candles(written, now(), timedelta(days=1))
+    assert [(c["bucket"], c["open"], c["high"], c["low"], c["close"], c["samples"]) for c in after["candles"]] == [
+        (b.isoformat(), *(str(v) for v in expected[(ids[0], b)][:4]), expected[(ids[0], b)][4])
+        for b in sorted(b for _, b in expected if b >= since)]
+
+
 def test_expired_weeks_are_dropped_whole_unless_they_hold_rows_to_keep(db_conn, test_env, settings):
     from crypto_app.pipeline import partitions
 

@@ -196,9 +196,11 @@ class HistorySchema(ma.Schema):
 
 
 def rollup_for(step: timedelta, since: datetime, now: datetime, storage) -> tuple[str, timedelta] | None:
-    """The stored rollup that serves buckets of `step` back to `since`: hourly while they are kept, else
-    daily; None when `step` is finer than an hour (only raw rows can answer it)."""
-    for name, width in ROLLUPS:
+    """The stored rollup that serves buckets of `step` back to `since`: the coarsest one whose width divides
+    `step` and that is still kept that far back (daily candles are kept forever, hourly ones
+    CANDLE_HOURLY_RETENTION_DAYS), so a year of daily candles merges ~365 rollup rows per dataset, not ~8,760;
+    None when `step` is finer than an hour (only raw rows can answer it)."""
+    for name, width in reversed(ROLLUPS):
         if step % width == timedelta(0) and (
                 name == "1d" or since >= now - timedelta(days=storage.candle_hourly_retention_days)):
             return name, width

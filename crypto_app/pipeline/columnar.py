@@ -29,7 +29,7 @@ from ..sources.csv_formats import describe, identity
 from .identity import IdentityError
 from .numbers import VALUE_EVIDENCE, evidence, marks_from_evidence
 from .columnar_checks import plausible
-from .proportional import known_in, pack, row_hashes, rows_to_process
+from .proportional import RECORD_FORMAT, known_in, pack, row_hashes, rows_to_process
 from .validate import (MISSING_TOKENS, NUMBER_FIELDS, RULE_ERRORS, identified, invalid_reason, rule_name,
                        rule_observed, rule_symbol, rule_text, validate_record)
 
@@ -100,7 +100,8 @@ def transform_block(source, resolver, batch, checks=None, dataset_id=None, known
     marks = _marks(table, fmt)
     seen = check = None
     if known is not None:                       # proportional re-ingest (pipeline/proportional.py)
-        rules = repr((checks.severity, checks.settings) if checks is not None else None) + repr(resolver.overrides)
+        rules = (RECORD_FORMAT + repr(fmt) + repr((checks.severity, checks.settings) if checks is not None else None)
+                 + repr(resolver.overrides))
         hashes = row_hashes(block.raw_lines(), marks, rules)
         seen = known_in(hashes, known)          # the same bytes, under the same marks, as a stored record
         check = np.flatnonzero(~seen) if seen.any() else None

@@ -109,7 +109,8 @@ class IngestionRun:
                                    self.settings.csv_data_dir if source.name == "csv" else None)
         newest = saved.get("newest_observed_at")
         checks = PlausibilityCheck(self.settings.plausibility, self.source_name, self.identity_conn)
-        files = FileHashes(self.identity_conn, skip=checks.severity["price_jump"] != "hard")
+        files = FileHashes(self.identity_conn,       # --force: every record processed again, none skipped
+                           skip=checks.severity["price_jump"] != "hard" and not self.options.get("force"))
 
         guard = threading.Lock()            # stats are updated by the writer thread, copied by this one
 

@@ -10,7 +10,8 @@ can change its outcome (`rows_to_process`):
 - its (asset, observed_at) is shared with a changed record (which one is kept depends on both);
 - it follows a changed record of its asset in time (its price_jump flag compares with that record);
 - it precedes one of those (read as context, for the comparison only: its own outcome is not written).
-With price_jump severity hard (a quarantined row is no one's previous), nothing is skipped.
+With price_jump severity hard (a quarantined row is no one's previous), nothing is skipped, and nothing is
+skipped by `flask etl import --force` (every record validated and upserted again, e.g. after an upgrade).
 Limits: chunks the row reader reads (irregular lines) and segments of big files store no hashes; a file
 read in segments forgets its hashes (segments.plan), so its next change is a full read.
 """
@@ -21,6 +22,10 @@ import hashlib
 import numpy as np
 
 EMPTY = np.zeros(0, dtype=np.uint64)
+# Part of every record hash, with the file's column mapping (FileFormat) and the rules in force: bump it when
+# a product change alters what a stored record holds for the same bytes (a field's meaning, a new column),
+# so that the next read of a changed file re-processes every record instead of keeping old readings.
+RECORD_FORMAT = "record-format-1"
 
 
 def known_hashes(conn, rel: str) -> np.ndarray:

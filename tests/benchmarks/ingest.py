@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ CREATE TABLE {name} (
 FLOOR_INDEX = "CREATE UNIQUE INDEX {name}_key ON {name} (symbol, name, date)"
 DATA_TABLES = ("rejected_records", "raw_payloads", "raw_pages", "candles", "quotes", "latest_quotes", "dataset_assets", "datasets",
                "asset_identifiers", "assets",
-               "checkpoints")
+               "checkpoints", "csv_row_hashes")
 
 
 def _copy_file(cur, table: str, path: Path) -> None:
@@ -115,24 +116,41 @@ def _last_run(conn) -> dict | None:
 
 
 def cli_import(children: Children, env: dict, db_url: str, path: Path, rows: int, name: str, label: str,
-               timeout: float) -> dict:
-    """`flask etl import PATH`: wall time, the run's own duration, peak RSS, and what the run recorded."""
+               timeout: float, may_skip: bool = False) -> dict:
+    """`flask etl import PATH`: wall time, the run's own duration, peak RSS, and what the run recorded.
+    With `may_skip`, the CLI may skip an unchanged file without starting a run (its checkpoint says the file
+    was read completely and has not changed): that is reported as status `skipped`, with no run figures."""
     log(f"{label}: flask etl import {path.name} ({rows:,} rows)")
-    started = time.perf_counter()
+    conn = connect(db_url)
+    try:
+        before = (_last_run(conn) or {}).get("run_id")
+    finally:
+        conn.close()
+    started, cpu_before = time.perf_counter(), cpu_times()
     child = children.run(name, [str(BIN / "flask"), "--app", "wsgi:app", "etl", "import", str(path)], env, timeout)
     wall = time.perf_counter() - started
+    cores = busy_cores(cpu_before)
     conn = connect(db_url)
     try:
         run = _last_run(conn) or {}
         quotes = scalar(conn, "SELECT count(*) FROM quotes")
     finally:
         conn.close()
+    if run.get("run_id") == before:        # no new run: never report the previous run's figures as this one's
+        skipped = may_skip and "unchanged since its last import" in child.log_tail()
+        if not skipped:
+            raise RuntimeError(f"{label}: `flask etl import` started no run\n{child.log_tail()}")
+        run = {"status": "skipped", "run_seconds": None, "loaded": 0, "rejected": 0}
     result = {"name": label, "rows": rows, "seconds": round(wall, 2), "rows_per_s": round(rows / wall),
-              "peak_rss_mb": child.peak_rss_mb(), "quotes_in_db": quotes, **run}
+              "peak_rss_mb": child.peak_rss_mb(), "quotes_in_db": quotes, "busy_cores": cores, **run}
+    if run["status"] == "skipped":         # nothing was read: a rows/s figure would be invented
+        result["rows_per_s"] = None
+        log(f"{label}: {wall:.1f}s wall, skipped before a run (the file is unchanged since its last import)")
+        return result
     log(f"{label}: {wall:.1f}s wall ({result['rows_per_s']:,} rows/s), run {run.get('run_seconds')}s, "
         f"status {run.get('status')}, loaded {run.get('loaded')}, rejected {run.get('rejected')}, "
-        f"peak RSS {result['peak_rss_mb']} MB")
-    if run.get("status") not in ("succeeded", "partial"):
+        f"peak RSS {result['peak_rss_mb']} MB, {cores} of {os.cpu_count()} cores busy")
+    if run.get("status") not in ("succeeded", "partial", "skipped"):
         raise RuntimeError(f"{label}: the run ended {run.get('status')}: {run.get('error')}\n{child.log_tail()}")
     return result
 
@@ -177,11 +195,32 @@ def start_workers(children: Children, env: dict, redis_url: str, count: int, tag
     return nodes
 
 
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores from /proc/stat (Linux); (0, 0) where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)       # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(before: tuple[float, float]) -> float | None:
+    """How many of the machine's cores were busy on average since `before` (everything: PostgreSQL, the
+    workers, and anything else running), e.g. 1.6 of 2."""
+    busy, total = cpu_times()
+    if total <= before[1]:
+        return None
+    return round((busy - before[0]) / (total - before[1]) * (os.cpu_count() or 1), 2)
+
+
 def celery_ingest(children: Children, env: dict, db_url: str, rows: int, workers: list, label: str,
                   timeout: float, tag: str) -> dict:
     """`flask etl run csv --enqueue`, followed until the run ends; peak RSS of the worker processes."""
     log(f"{label}: flask etl run csv --enqueue ({rows:,} rows, {len(workers)} worker node(s))")
     samplers = [RssSampler(w.pid) for w in workers]
+    cpu_before = cpu_times()
     cli = children.start(f"enqueue-{tag}", [str(BIN / "flask"), "--app", "wsgi:app", "etl", "run", "csv",
                                             "--enqueue", "--timeout", str(int(timeout))], env)
     started = time.perf_counter()
@@ -207,7 +246,9 @@ def celery_ingest(children: Children, env: dict, db_url: str, rows: int, workers
     result = {"name": label, "rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
               "cli_wall_seconds": round(wall, 2), "workers": len(workers),
               "peak_rss_mb": max(s.single_mb for s in samplers),
-              "peak_rss_tree_mb": round(sum(s.tree_mb for s in samplers), 1), "quotes_in_db": quotes, **run}
+              "peak_rss_tree_mb": round(sum(s.tree_mb for s in samplers), 1), "quotes_in_db": quotes,
+              "busy_cores": busy_cores(cpu_before), **run}
     log(f"{label}: {seconds:.1f}s enqueue->finish ({result['rows_per_s']:,} rows/s), status {run.get('status')}, "
-        f"loaded {run.get('loaded')}, worker peak RSS {result['peak_rss_mb']} MB")
+        f"loaded {run.get('loaded')}, worker peak RSS {result['peak_rss_mb']} MB, "
+        f"{result['busy_cores']} of {os.cpu_count()} cores busy")
     return result
