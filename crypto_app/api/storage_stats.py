@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
+from flask import current_app
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -65,19 +66,23 @@ def storage_report() -> dict:
                              "pages_with_body": pages["kept"], "oldest_body": pages["oldest"]}}
 
 
+def maintenance_age(now: datetime) -> tuple[datetime | None, float | None]:
+    """(last successful maintenance run's end, seconds since then); a database that never ran one is judged
+    from its first run's age (None: no run at all yet)."""
+    last = db.session.execute(LAST_MAINTENANCE_SQL).mappings().one()["last_success"]
+    if last is not None:
+        return last, (now - last).total_seconds()
+    first = db.session.execute(text("SELECT min(created_at) FROM etl_runs")).scalar()
+    return None, (now - first).total_seconds() if first else None
+
+
 def maintenance_health(settings, now: datetime | None = None) -> dict:
     """For /health: "ok", or "degraded" when no maintenance run succeeded within its overdue time
     (3 schedules + 10 minutes). A database that never ran one is judged from its first run's age."""
     now = now or datetime.now(timezone.utc)
-    row = db.session.execute(LAST_MAINTENANCE_SQL).mappings().one()
     limit = settings.storage.overdue_after_seconds
-    last = row["last_success"]
-    if last is None:
-        first = db.session.execute(text("SELECT min(created_at) FROM etl_runs")).scalar()
-        age = (now - first).total_seconds() if first else 0.0
-    else:
-        age = (now - last).total_seconds()
-    status = "ok" if age <= limit else "degraded"
+    last, age = maintenance_age(now)
+    status = "ok" if age is None or age <= limit else "degraded"
     out = {"status": status, "last_success": last.isoformat() if last else None,
            "overdue_after_seconds": limit}
     if status == "degraded":
@@ -94,7 +99,7 @@ class StorageCollector:
         try:
             db.session.execute(text("SET LOCAL statement_timeout = 5000"))
             report = storage_report()
-            last = db.session.execute(LAST_MAINTENANCE_SQL).mappings().one()["last_success"]
+            _, age = maintenance_age(datetime.now(timezone.utc))
             db.session.rollback()
         except SQLAlchemyError as exc:
             db.session.rollback()
@@ -118,7 +123,12 @@ class StorageCollector:
         pages = GaugeMetricFamily("cryptoflow_storage_raw_pages_with_body", "Raw pages whose body is kept")
         pages.add_metric([], float(report["raw_payloads"]["pages_with_body"]))
         freshness = GaugeMetricFamily("cryptoflow_maintenance_last_success_age_seconds",
-                                      "Seconds since the last successful maintenance run finished")
-        if last is not None:
-            freshness.add_metric([], (now - last).total_seconds())
-        yield from (size, rows, by_res, oldest, pages, freshness)
+                                      "Seconds since the last successful maintenance run finished (never "
+                                      "succeeded: since the first run of any source), as /health judges it")
+        if age is not None:
+            freshness.add_metric([], age)
+        overdue = GaugeMetricFamily("cryptoflow_maintenance_overdue_after_seconds",
+                                    "Maintenance is overdue (/health degraded) past this age: 3 x "
+                                    "MAINTENANCE_SCHEDULE_SECONDS + 10 minutes")
+        overdue.add_metric([], float(current_app.config["SETTINGS"].storage.overdue_after_seconds))
+        yield from (size, rows, by_res, oldest, pages, freshness, overdue)
