@@ -69,7 +69,7 @@ flower: $(INSTALLED) ## Flower alone
 bench: $(INSTALLED) ## benchmark: ingest vs COPY, reads under load vs SQL (ARGS="--rows 10000000"; see bench-results/)
 	@CRYPTOFLOW_COMMAND_NAME="make bench" $(EMBEDDED) --stop-after -- $(BIN)/python -m tests.benchmarks $(ARGS)
 
-soak: $(INSTALLED) ## simulated days of the default schedules' load with maintenance (ARGS="--days 12 --retention-days 3")
+soak: $(INSTALLED) ## simulated days of the default schedules' load with maintenance (ARGS="--days 12 --retention-days 3 [--fast] [--reads]")
 	$(EMBEDDED) -- $(BIN)/python -m tests.benchmarks.soak $(ARGS)
 
 db-migrate: $(INSTALLED) ## apply the migrations

@@ -7,4 +7,5 @@
 Modules: generate (deterministic CSV), ingest (real ingestion path vs COPY floors, Celery),
 reads (gunicorn under load vs bare SQL), loadgen (the HTTP load generator, its own process),
 report (table, JSON, Markdown), procs (servers, databases, child processes), run (the orchestration).
+`make soak` (storage over simulated days, and the reads at that size): soak, soak_db, soak_reads.
 """

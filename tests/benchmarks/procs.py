@@ -239,6 +239,16 @@ def flush_redis(url: str) -> None:
         client.close()
 
 
+def child_env(db_url: str, redis_url: str, **extra: str) -> dict:
+    """The environment of the processes a benchmark starts: the caller's, on the benchmark's database and Redis
+    database, the upstream APIs unreachable (nothing may fetch from them), no inherited Prometheus directory."""
+    env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "LOG_LEVEL": "WARNING",
+           "COINGECKO_BASE_URL": "http://127.0.0.1:9/api/v3", "COINPAPRIKA_BASE_URL": "http://127.0.0.1:9/v1",
+           "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env
+
+
 def connect(url: str, autocommit: bool = True):
     conn = psycopg2.connect(libpq(url), connect_timeout=10)
     conn.autocommit = autocommit

@@ -126,15 +126,29 @@ def pad_latest(db_url: str, list_rows: int) -> dict:
                                  10 ^ (6 + w * 5) AS supply FROM pad) x""")
                 cur.execute("COMMIT")
         padded_seconds = time.perf_counter() - started
-        log("VACUUM ANALYZE of the data tables")
-        with conn.cursor() as cur:
-            for table in ("assets", "asset_identifiers", "latest_quotes", "quotes", "etl_runs"):
-                cur.execute(f"VACUUM ANALYZE {table}")
         total = scalar(conn, "SELECT count(*) FROM latest_quotes")
     finally:
         conn.close()
+    vacuum_analyze(db_url)
     return {"latest_rows_ingested": ingested, "latest_rows_padded": missing, "latest_rows": total,
             "pad_seconds": round(padded_seconds, 1)}
+
+
+VACUUMED = ("assets", "asset_identifiers", "latest_quotes", "quotes", "etl_runs")
+
+
+def vacuum_analyze(db_url: str, tables=VACUUMED) -> float:
+    """VACUUM ANALYZE of the tables the reads use (autovacuum may be off or behind); returns the seconds."""
+    log(f"VACUUM ANALYZE of {', '.join(tables)}")
+    started = time.perf_counter()
+    conn = connect(db_url)
+    try:
+        with conn.cursor() as cur:
+            for table in tables:
+                cur.execute(f"VACUUM ANALYZE {table}")
+    finally:
+        conn.close()
+    return round(time.perf_counter() - started, 1)
 
 
 # -- the SQL floors ---------------------------------------------------------------------------------------
@@ -356,26 +370,56 @@ def loadgen_ceiling(children: Children, env: dict, connections: int, duration: f
 
 def build_targets(db_url: str, port: int, list_rows: int, dataset) -> tuple[list[dict], dict]:
     """The requests to measure, each with its floor SQL. Also returns facts (deep page, asset, ETag...)."""
+    targets, facts = list_targets(db_url, port)
     conn = connect(db_url)
-    facts = {}
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT id FROM assets WHERE slug = 'bitcoin' "
                         "UNION ALL SELECT asset_id FROM quotes GROUP BY asset_id HAVING count(*) >= 365 LIMIT 1")
             asset_id = cur.fetchone()[0]
-            total = scalar(conn, "SELECT count(*) FROM latest_quotes")
-            deep = max(1, min(DEEP_PAGE, (total - 1) // PAGE + 1))
-            facts.update(deep_page=deep, latest_rows=total, history_asset_id=asset_id)
-            deep_cursor_key = None
-            if deep > 1:
-                cur.execute(f"SELECT {SORT}, lq.asset_id, lq.source {FROM} {ORDER} OFFSET %s LIMIT 1",
-                            ((deep - 1) * PAGE - 1,))
-                deep_cursor_key = cur.fetchone()
+            facts["history_asset_id"] = asset_id
             since = f"{dataset.last_date.replace(year=dataset.last_date.year - 1).isoformat()}T23:59:59Z"
             until = f"{dataset.last_date.isoformat()}T23:59:59Z"
             history_sql = cur.mogrify(CANDLES_SQL, {"step": "1 day", "asset_id": asset_id, "since": since,
                                                     "until": until}).decode()
-            deep_sql = cursor_sql(cur, *deep_cursor_key) if deep_cursor_key else page_sql()
+    finally:
+        conn.close()
+    targets += [
+        {"name": "history_1y", "label": f"/api/v1/assets/{asset_id}/history 1 year, 1d candles",
+         "urls": [f"/api/v1/assets/{asset_id}/history?interval=1d&since={quote(since)}&until={quote(until)}"],
+         "sql": [history_sql]},
+        *service_targets(),
+    ]
+    return targets, facts
+
+
+def service_targets() -> list[dict]:
+    """/api/v1/stats and /health, with their floors."""
+    return [
+        {"name": "stats", "label": "/api/v1/stats", "urls": ["/api/v1/stats"], "sql": STATS_SQL},
+        {"name": "health", "label": "/health (report cached 1 s per process: DB + Redis, worker heartbeats)",
+         "urls": ["/health"], "sql": HEALTH_SQL},
+    ]
+
+
+def list_targets(db_url: str, port: int) -> tuple[list[dict], dict]:
+    """/health/live and the /api/v1/data lines (first page, 304, distinct pages, filters, deep pages), each
+    with its floor SQL; facts: the deep page, the list's rows, the ETag. A line the data cannot give (no
+    page 2 to reach by cursor) is left out."""
+    conn = connect(db_url)
+    facts = {}
+    try:
+        with conn.cursor() as cur:
+            total = scalar(conn, "SELECT count(*) FROM latest_quotes")
+            deep = max(1, min(DEEP_PAGE, (total - 1) // PAGE + 1))
+            facts.update(deep_page=deep, latest_rows=total)
+            deep_cursor_key = None
+            if deep > 1:   # the row that ends page deep-1, in the API's order (ties: asset, then dataset id)
+                cur.execute(f"SELECT {SORT}, lq.asset_id, lq.source, lq.dataset_id {FROM} "
+                            f"ORDER BY {SORT} DESC, lq.asset_id, lq.dataset_id OFFSET %s LIMIT 1",
+                            ((deep - 1) * PAGE - 1,))
+                deep_cursor_key = cur.fetchone()
+            deep_sql = cursor_sql(cur, *deep_cursor_key[:3]) if deep_cursor_key else page_sql()
     finally:
         conn.close()
 
@@ -412,24 +456,19 @@ def build_targets(db_url: str, port: int, list_rows: int, dataset) -> tuple[list
          "urls": [f"/api/v1/data?cursor={deep_cursor[0]}"] if deep_cursor else [], "sql": [deep_sql]},
         {"name": "data_offset_deep", "label": f"/api/v1/data page {deep:,} by page/page_size",
          "urls": [f"/api/v1/data?page={deep}&page_size={PAGE}"], "sql": [page_sql(offset=(deep - 1) * PAGE)]},
-        {"name": "history_1y", "label": f"/api/v1/assets/{asset_id}/history 1 year, 1d candles",
-         "urls": [f"/api/v1/assets/{asset_id}/history?interval=1d&since={quote(since)}&until={quote(until)}"],
-         "sql": [history_sql]},
-        {"name": "stats", "label": "/api/v1/stats", "urls": ["/api/v1/stats"], "sql": STATS_SQL},
-        {"name": "health", "label": "/health (report cached 1 s per process: DB + Redis, worker heartbeats)",
-         "urls": ["/health"], "sql": HEALTH_SQL},
     ]
     return [t for t in targets if t["urls"]], facts
 
 
 def _deep_cursor(port: int, key, deep: int) -> tuple[str, str] | None:
-    """The cursor of page `deep`: encoded by the API's own encode_cursor from the row that ends page deep-1,
-    checked against the same page by page number; else walked with next_cursor (limit=1000)."""
+    """The cursor of page `deep`: encoded by the API's own encode_cursor from the row that ends page deep-1
+    (sort key, asset id, dataset id: `key` is (sort key, asset id, source, dataset id)), checked against the
+    same page by page number; else walked with next_cursor (limit=1000)."""
     offset_page = _rows(port, f"/api/v1/data?page={deep}&page_size={PAGE}")
     try:
         from crypto_app.api.pagination import encode_cursor
 
-        cursor = encode_cursor(str(key[0]), key[1], key[2])
+        cursor = encode_cursor(str(key[0]), key[1], key[3])
         if _rows(port, f"/api/v1/data?cursor={cursor}") == offset_page:
             return cursor, "encode_cursor (checked against the page by number)"
         log("the encoded deep cursor does not give the page by number: walking next_cursor instead")

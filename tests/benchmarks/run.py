@@ -20,8 +20,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import generate, ingest, reads, report
-from .procs import BIN, ROOT, Children, flush_redis, libpq, log, machine_facts, pick_redis_db, recreate_database, \
-    with_database, with_redis_db
+from .procs import BIN, ROOT, Children, child_env, flush_redis, libpq, log, machine_facts, pick_redis_db, \
+    recreate_database, with_database, with_redis_db
 
 DEFAULT_ROWS = 1_000_000
 
@@ -103,13 +103,9 @@ def main(argv=None) -> int:
     log_dir = workdir / "logs"
     for d in (data_dir, log_dir):
         d.mkdir(exist_ok=True)
-    env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "CSV_DATA_DIR": str(data_dir),
-           "LOG_LEVEL": "WARNING", "COINGECKO_BASE_URL": "http://127.0.0.1:9/api/v3",
-           "COINPAPRIKA_BASE_URL": "http://127.0.0.1:9/v1", "PYTHONUNBUFFERED": "1",
-           # the synthetic random walks reach market caps above the $10T ceiling (~2% of 200k rows): every
-           # rule still runs on every row, but those rows are flagged rather than quarantined
-           "PLAUSIBILITY_CSV": "market_cap_ceiling:soft"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # the synthetic random walks reach market caps above the $10T ceiling (~2% of 200k rows): every rule
+    # still runs on every row, but those rows are flagged rather than quarantined (PLAUSIBILITY_CSV)
+    env = child_env(db_url, redis_url, CSV_DATA_DIR=str(data_dir), PLAUSIBILITY_CSV="market_cap_ceiling:soft")
     children = Children(log_dir)
     result = {"benchmark": "cryptoflow make bench", "format": 1, "started_at": started_at.isoformat(timespec="seconds"),
               "status": "running", "params": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},

@@ -1,20 +1,35 @@
 """Soak: the default schedules' load for simulated days, through the real load path, with maintenance.
 
     make soak ARGS="--days 12 --retention-days 3"
-    python -m tests.benchmarks.soak --days 12 --retention-days 3 [--database NAME]
+    make soak ARGS="--days 90 --retention-days 30 --fast --reads"     # then the read lines at that size
+    make soak ARGS="--reads-only"                                      # the reads again, no new soak
+    python -m tests.benchmarks.soak --help
 
 Every simulated 5 minutes: CoinPaprika's 2,000 tickers (one batch, as its run stores them) and CoinGecko's
 1,000 coins (4 batches of 250), each coin with a new price and observation time and the batch's raw JSON
 page in real shape (tests/fake_upstream.py), written with crypto_app.pipeline.load.load_batch (COPY,
 upsert, latest quotes, dataset stats, raw page, run counters). Every simulated hour the maintenance run
 (crypto_app.pipeline.maintenance.maintain, with the simulated clock) creates partitions ahead, rolls up
-and drops expired weeks, and applies the retentions. The simulated clock starts now and moves forward
-(partitions are created ahead as it goes, as in production).
+and drops expired weeks, and applies the retentions.
+
+The simulated clock runs from `--days` before the start of the soak (on the hour) to within the hour
+before that start, so that afterwards the database looks to the API (whose windows end at the real now)
+like a system that ran that many days (and then stopped ingesting while the soak ran). The migration
+creates weekly partitions around the real now; the soak replaces them (the tables are still empty) by
+the layout of a system first migrated at the simulated start: weekly partitions from the start's week
+(`quote_partitioning.weekly_from`), WEEKS_AHEAD ahead, and from there the maintenance run creates the
+next ones as the clock moves, as in production.
 
 It runs in its own database (`<DATABASE_URL's name>_soak`, dropped and migrated first) and writes
 bench-results/soak-<time>.json: per simulated day the rows and bytes written, the database size,
-the time spent loading and in maintenance. RETENTION_RAW_DAYS is --retention-days (short, so that a
-short span reaches the steady state); the README projects the default 30 days from the per-day figures.
+the time spent loading and in maintenance. RETENTION_RAW_DAYS and RAW_PAYLOAD_RETENTION_DAYS are
+--retention-days (short, so that a short span reaches the steady state; 30 is the default of both);
+the other storage settings are the environment's. The soak records its span and settings in the table
+`soak_run` of that database, which --reads-only reads back.
+
+--reads: afterwards, the read lines of `make bench` at the soak's size, against gunicorn started on the
+soak database with the soak's storage settings (soak_reads.py); --reads-only measures them again on the
+database of the last soak, without simulating anything.
 """
 from __future__ import annotations
 
@@ -22,58 +37,25 @@ import argparse
 import copy
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+import warnings
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlsplit
-
-import psycopg2
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from crypto_app.config import load_settings  # noqa: E402
-from crypto_app.pipeline import lifecycle, partitions  # noqa: E402
-from crypto_app.pipeline.load import LoadBatch, load_batch  # noqa: E402
+from crypto_app.pipeline import lifecycle  # noqa: E402
+from crypto_app.pipeline.load import ROW_COLUMNS, STORED_COLUMNS, LoadBatch, load_batch  # noqa: E402
 from crypto_app.pipeline.maintenance import maintain  # noqa: E402
 from fake_upstream import gecko_coin, paprika_ticker  # noqa: E402
+from tests.benchmarks.soak_db import GECKO, GECKO_PAGE, PAPRIKA, finish, prepare, sizes, soak_url  # noqa: E402
 
 TICK = timedelta(minutes=5)
-PAPRIKA, GECKO, GECKO_PAGE = 2000, 1000, 250
-
-
-def fresh_database(url: str) -> str:
-    parts = urlsplit(url)
-    name = (parts.path.lstrip("/") or "cryptoflow") + "_soak"
-    admin = psycopg2.connect(parts._replace(path="/postgres").geturl())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')   # noqa: S608 (our own name)
-        cur.execute(f'CREATE DATABASE "{name}"')
-    admin.close()
-    soak_url = parts._replace(path="/" + name).geturl()
-    subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi:app", "db", "upgrade"], cwd=ROOT, check=True,
-                   env={**os.environ, "DATABASE_URL": soak_url}, capture_output=True)
-    return soak_url
-
-
-def setup(conn) -> dict:
-    """Assets and identifiers for coin-1..coin-2000, the two API datasets; returns {source: dataset id}."""
-    with conn.cursor() as cur:
-        cur.execute("INSERT INTO assets (slug, symbol, name) SELECT 'coin-' || i, 'C' || i, 'Coin ' || i "
-                    "FROM generate_series(1, %s) i", (PAPRIKA,))
-        cur.execute("INSERT INTO datasets (name, source, endpoint) VALUES ('coinpaprika:tickers', 'coinpaprika', "
-                    "'tickers'), ('coingecko:markets', 'coingecko', 'markets') RETURNING source, id")
-        datasets = dict(cur.fetchall())
-        cur.execute("SELECT slug, id FROM assets")
-        ids = dict(cur.fetchall())
-    conn.commit()
-    return {"datasets": datasets, "assets": [ids[f"coin-{i}"] for i in range(1, PAPRIKA + 1)]}
 
 
 def batches(world: dict, templates: dict, at: datetime, tick: int, run_ids: dict):
@@ -105,34 +87,10 @@ def batches(world: dict, templates: dict, at: datetime, tick: int, run_ids: dict
         yield "coingecko", rows, body, {"page": page + 1}, run_ids["coingecko"]
 
 
-def sizes(conn) -> dict:
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_database_size(current_database())")
-        db_bytes = cur.fetchone()[0]
-        out = {"database": db_bytes}
-        for table in ("quotes", "candles", "raw_pages", "raw_payloads", "latest_quotes", "dataset_assets"):
-            cur.execute("SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-                        "WHERE c.oid = %s::regclass OR c.oid IN (SELECT inhrelid FROM pg_inherits "
-                        "WHERE inhparent = %s::regclass)", (table, table))
-            out[table] = int(cur.fetchone()[0])
-        cur.execute("SELECT (SELECT count(*) FROM quotes), (SELECT count(*) FROM candles WHERE resolution = '1h'), "
-                    "(SELECT count(*) FROM candles WHERE resolution = '1d'), "
-                    "(SELECT count(*) FROM raw_pages WHERE body IS NOT NULL)")
-        out["rows"] = dict(zip(("quotes", "candles_1h", "candles_1d", "raw_pages_with_body"), cur.fetchone()))
-    conn.commit()
-    return out
-
-
 def run(days: int, retention_days: int) -> dict:
-    url = fresh_database(os.environ["DATABASE_URL"])
-    settings = load_settings({**os.environ, "DATABASE_URL": url, "RETENTION_RAW_DAYS": str(retention_days),
-                              "RAW_PAYLOAD_RETENTION_DAYS": str(retention_days)})
-    conn = psycopg2.connect(settings.libpq_url)
-    world = setup(conn)
+    conn, settings, world, start, report = prepare("load_batch", days, retention_days)
     templates = {"paprika": [paprika_ticker(i) for i in range(1, PAPRIKA + 1)],
                  "gecko": [gecko_coin(i) for i in range(1, GECKO + 1)]}
-    start = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
-    report = {"days": days, "retention_raw_days": retention_days, "start": start.isoformat(), "per_day": []}
     at, tick = start, 0
     for day in range(days):
         load_s = maint_s = 0.0
@@ -169,7 +127,7 @@ def run(days: int, retention_days: int) -> dict:
                  "maintenance_seconds": round(maint_s, 1), "maintenance": day_runs, "sizes": sizes(conn)}
         report["per_day"].append(entry)
         print(json.dumps(entry), flush=True)
-    conn.close()
+    finish(conn, report, at)
     return report
 
 
@@ -196,17 +154,22 @@ WITH pages AS (
 INSERT INTO raw_payloads (run_id, source, locator, content_hash, fetched_at, record_count)
 SELECT %(run)s, source, '{}'::jsonb, content_hash, first_seen_at, record_count FROM pages
 """
+# the hour's last tick (every coin has a row at every tick) into latest_quotes, as load_batch upserts each tick
+FAST_LATEST = f"""
+INSERT INTO latest_quotes (source, dataset_id, {", ".join(ROW_COLUMNS)})
+SELECT source, dataset_id, {", ".join(ROW_COLUMNS)} FROM quotes
+WHERE observed_at = %(until)s::timestamptz - interval '5 minutes'
+ON CONFLICT (asset_id, dataset_id) DO UPDATE SET
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in STORED_COLUMNS + ("observed_at", "fetched_at", "run_id", "payload_hash"))}
+"""
 
 
 def run_fast(days: int, retention_days: int) -> dict:
     """--fast: the same rows (3,000 every 5 minutes) and raw pages (one real-shaped body per page, its
     time changed) written set-based per simulated hour instead of through load_batch, so that weeks of
-    data fit in minutes; maintenance runs hourly on the simulated clock exactly as in the real mode."""
-    url = fresh_database(os.environ["DATABASE_URL"])
-    settings = load_settings({**os.environ, "DATABASE_URL": url, "RETENTION_RAW_DAYS": str(retention_days),
-                              "RAW_PAYLOAD_RETENTION_DAYS": str(retention_days)})
-    conn = psycopg2.connect(settings.libpq_url)
-    world = setup(conn)
+    data fit in minutes, and latest_quotes upserted once per simulated hour (load_batch: every tick);
+    maintenance runs hourly on the simulated clock exactly as in the real mode."""
+    conn, settings, world, start, report = prepare("fast", days, retention_days)
     with conn.cursor() as cur:
         cur.execute("CREATE TABLE soak_assets AS SELECT a.id, substr(a.slug, 6)::int AS i FROM assets a")
         cur.execute("CREATE TABLE soak_bodies (source text, page int, records int, body jsonb)")
@@ -219,10 +182,6 @@ def run_fast(days: int, retention_days: int) -> dict:
         cur.execute("INSERT INTO dataset_assets (dataset_id, asset_id, rows) SELECT d.id, a.id, 0 FROM soak_assets a "
                     "JOIN datasets d ON a.i <= CASE d.source WHEN 'coinpaprika' THEN 2000 ELSE 1000 END")
     conn.commit()
-    # from Friday 00:00 of this week: the first week ends 3 days in, so a short span sees weeks dropped
-    start = partitions.week_start(datetime.now(timezone.utc)) + timedelta(days=4)
-    report = {"mode": "fast", "days": days, "retention_raw_days": retention_days, "start": start.isoformat(),
-              "per_day": []}
     at = start
     for day in range(days):
         load_s = maint_s = 0.0
@@ -236,6 +195,7 @@ def run_fast(days: int, retention_days: int) -> dict:
             with conn.cursor() as cur:
                 cur.execute(FAST_QUOTES, params)
                 cur.execute(FAST_PAGES, params)
+                cur.execute(FAST_LATEST, params)
                 cur.execute("UPDATE dataset_assets SET rows = rows + 12, "
                             "first_observed_at = coalesce(first_observed_at, %(since)s), "
                             "last_observed_at = %(until)s - interval '5 minutes'", params)
@@ -256,22 +216,47 @@ def run_fast(days: int, retention_days: int) -> dict:
                  "maintenance": day_runs, "sizes": sizes(conn)}
         report["per_day"].append(entry)
         print(json.dumps(entry), flush=True)
-    conn.close()
+    finish(conn, report, at)
     return report
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--days", type=int, default=12)
-    parser.add_argument("--retention-days", type=int, default=3)
+    parser.add_argument("--retention-days", type=int, default=3, help="RETENTION_RAW_DAYS and "
+                        "RAW_PAYLOAD_RETENTION_DAYS (default 3; the product's default is 30)")
     parser.add_argument("--fast", action="store_true", help="set-based writes instead of load_batch (see run_fast)")
+    parser.add_argument("--reads", action="store_true", help="after the span: the read lines of make bench "
+                        "against gunicorn on the soak database (soak_reads.py)")
+    parser.add_argument("--reads-only", action="store_true", help="no soak: the read lines on the database of the "
+                        "last soak (<name>_soak), with the settings it recorded")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per read line (default 10)")
+    parser.add_argument("--connections", type=int, default=32, help="keep-alive connections (default 32)")
+    parser.add_argument("--sql-duration", type=float, default=3.0, help="seconds of pgbench per floor (0: skip)")
+    parser.add_argument("--sql-runs", type=int, default=50, help="runs of each floor statement for its median")
+    parser.add_argument("--redis-db", type=int, help="Redis database for the reads' gunicorn (default: an empty "
+                        "one no client uses, as make bench picks it; it is flushed)")
+    parser.add_argument("--api-log-level", default="INFO", help="LOG_LEVEL of gunicorn (default INFO, as production)")
     args = parser.parse_args(argv)
-    report = (run_fast if args.fast else run)(args.days, args.retention_days)
-    out = ROOT / "bench-results" / f"soak-{datetime.now():%Y%m%d-%H%M%S}.json"
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    ok, started = True, time.monotonic()
+    if args.reads_only:
+        report = {"reads_only": True}
+    else:
+        report = (run_fast if args.fast else run)(args.days, args.retention_days)
+        report["soak_seconds"] = round(time.monotonic() - started, 1)
+    if args.reads or args.reads_only:
+        from tests.benchmarks import soak_reads
+
+        report["reads"] = soak_reads.measure(soak_url(os.environ["DATABASE_URL"]), args)
+        ok = report["reads"]["status"] == "ok"
+    out = ROOT / "bench-results" / f"soak-{datetime.now():%Y%m%d-%H%M%S}{'-reads' if args.reads_only else ''}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
+    if "reads" in report:
+        print(soak_reads.summary(report["reads"]))
     print(f"report: {out}")
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
