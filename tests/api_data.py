@@ -15,7 +15,7 @@ from psycopg2.extras import execute_values
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 QUOTE_COLUMNS = ("price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd",
-                 "circulating_supply", "total_supply", "max_supply", "market_cap_rank", "change_24h_pct")
+                 "volume_usd", "circulating_supply", "total_supply", "max_supply", "market_cap_rank", "change_24h_pct")
 
 
 def asset(conn, slug: str, symbol: str, name: str, identifiers: dict | None = None) -> int:
