@@ -14,8 +14,9 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
+# the columns of migration 0001 (the migration tests insert with them at 0001); volume_usd (0007) is left NULL
 QUOTE_COLUMNS = ("price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd",
-                 "volume_usd", "circulating_supply", "total_supply", "max_supply", "market_cap_rank", "change_24h_pct")
+                 "circulating_supply", "total_supply", "max_supply", "market_cap_rank", "change_24h_pct")
 
 
 def asset(conn, slug: str, symbol: str, name: str, identifiers: dict | None = None) -> int:

@@ -142,3 +142,47 @@ def test_force_reimport_moves_an_old_import_to_the_right_column(client, hourly, 
     assert table(db_conn, "SELECT volume_usd::text, volume_24h_usd FROM latest_quotes") == [
         (rows[-1]["Volume USDT"], None)]
     assert forced.stats.get("inserted", 0) == 0 and forced.stats.get("updated") == HOURS
+
+
+def test_rollups_of_a_minute_file_keep_its_interval_volumes_and_never_sum_24h_volumes(client, test_env, data_dir,
+                                                                                     db_conn):
+    """Maintenance rolls up datasets with no native interval or one under an hour: API tickers, and CSV files
+    of minute candles. A candle keeps the sum of the rows' volume_usd, so the history answers the same after
+    the rows are gone; the API's rolling 24h volumes are never summed."""
+    import api_data as d
+    from crypto_app.pipeline.maintenance import deliver_maintenance
+    from storage_data import assets, now, write_snapshots
+
+    start = (now() - timedelta(days=40)).replace(hour=0, minute=0, second=0, microsecond=0)
+    header = ["Unix", "Date", "Symbol", "Open", "High", "Low", "Close", "Volume USDT"]
+    rows = []
+    for i in range(24):                                          # two hours of 5-minute candles
+        at = start + timedelta(minutes=5 * i)
+        rows.append({"Unix": str(int(at.timestamp() * 1000)), "Date": at.strftime("%Y-%m-%d %H:%M:%S"),
+                     "Symbol": "BTCUSDT", "Open": "100", "High": "101", "Low": "99", "Close": "100.5",
+                     "Volume USDT": f"{1000 + i}.5"})
+    _write(data_dir / "Binance_BTCUSDT_5m.csv", header, rows)
+    settings = settings_for(test_env, CSV_DATA_DIR=data_dir)
+    assert run_inline(settings, "csv")[1].loaded == 24
+    [coin] = assets(db_conn, 1)
+    write_snapshots(test_env["DATABASE_URL"], d.run(db_conn, "coingecko"), [coin], start, count=24)
+
+    window = f"since={start.isoformat()}&until={(start + timedelta(hours=2)).isoformat()}".replace("+", "%2B")
+
+    def hourly(slug):
+        return [(c["from"], c["samples"], c["volume_usd"], c["volume_24h_usd"]) for c in
+                client.get(f"/api/v1/assets/{slug}/history?interval=1h&{window}").get_json()["candles"]]
+
+    sums = [str(sum(Decimal(r["Volume USDT"]) for r in rows[h * 12:(h + 1) * 12])) for h in range(2)]
+    before = hourly("bitcoin")
+    assert before == [("source", 12, sums[0], None), ("source", 12, sums[1], None)]
+    assert [c[2] for c in hourly("coin-1")] == [None, None]      # 24h volumes: never a candle's volume
+
+    assert deliver_maintenance(settings, trigger="cli", kind="cli").status == "succeeded"
+    assert table(db_conn, "SELECT count(*) FROM quotes") == [(0,)]
+    assert hourly("bitcoin") == before
+    after = hourly("coin-1")
+    assert [c[2] for c in after] == [None, None] and all(c[3] is not None for c in after)
+    assert table(db_conn, "SELECT d.source, sum(c.volumes), bool_and(c.volume_sum IS NULL) FROM candles c "
+                          "JOIN datasets d ON d.id = c.dataset_id GROUP BY 1 ORDER BY 1") == [
+        ("coingecko", 0, True), ("csv", 2 * 24, False)]
