@@ -186,3 +186,69 @@ def test_rollups_of_a_minute_file_keep_its_interval_volumes_and_never_sum_24h_vo
     assert table(db_conn, "SELECT d.source, sum(c.volumes), bool_and(c.volume_sum IS NULL) FROM candles c "
                           "JOIN datasets d ON d.id = c.dataset_id GROUP BY 1 ORDER BY 1") == [
         ("coingecko", 0, True), ("csv", 2 * 24, False)]
+
+
+def test_migration_0007_adds_the_column_moves_nothing_and_clears_only_api_volume_sums(test_env):
+    """Old CSV rows keep their volume_24h_usd (which header it came from is not recorded: nothing is guessed);
+    rollup sums of API datasets (sums of rolling 24h volumes) are cleared; the models match (flask db check)."""
+    import subprocess
+    import sys
+    from urllib.parse import urlsplit
+
+    import psycopg2
+
+    name = urlsplit(test_env["DATABASE_URL"]).path.lstrip("/") + "_m7"
+    admin = psycopg2.connect(urlsplit(test_env["DATABASE_URL"])._replace(path="/postgres").geturl())
+    admin.autocommit = True
+    url = urlsplit(test_env["DATABASE_URL"])._replace(path=f"/{name}").geturl()
+
+    def flask_db(*args):
+        out = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi:app", "db", *args], cwd=ROOT,
+                             env={**test_env, "DATABASE_URL": url}, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout + out.stderr
+
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        flask_db("upgrade", "0006_csv_row_hashes")
+        conn = psycopg2.connect(url)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("INSERT INTO assets (slug, symbol, name) VALUES ('bitcoin', 'BTC', 'Bitcoin') RETURNING id")
+                asset = cur.fetchone()[0]
+                cur.execute("INSERT INTO etl_runs (id, source, trigger, status) VALUES (%s, 'csv', 'cli', 'succeeded')",
+                            (run_id := "00000000-0000-0000-0000-000000000007",))
+                cur.execute("INSERT INTO datasets (name, source) VALUES ('csv:Binance_BTCUSDT_1m.csv', 'csv'), "
+                            "('coingecko:markets', 'coingecko') ON CONFLICT (name) DO NOTHING")
+                cur.execute("SELECT name, id FROM datasets")
+                ids = dict(cur.fetchall())
+                cur.execute("INSERT INTO quotes (asset_id, source, dataset_id, price_usd, volume_24h_usd, observed_at, "
+                            "fetched_at, run_id, payload_hash) VALUES (%s, 'csv', %s, 42, 1234.5, '2024-01-01', now(), "
+                            "%s, 'h')", (asset, ids["csv:Binance_BTCUSDT_1m.csv"], run_id))
+                for dataset in ("csv:Binance_BTCUSDT_1m.csv", "coingecko:markets"):
+                    cur.execute("INSERT INTO candles (dataset_id, asset_id, resolution, bucket, o_open, o_high, o_low, "
+                                "close, ohlc, volume_24h_usd, volume_sum, volumes, samples, first_observed_at, "
+                                "last_observed_at) VALUES (%s, %s, '1h', '2024-01-01', 1, 1, 1, 1, false, 7, 70, 10, "
+                                "10, '2024-01-01', '2024-01-01 00:50')", (ids[dataset], asset))
+            flask_db("upgrade")
+            assert "No new upgrade operations detected" in flask_db("check")
+            with conn.cursor() as cur:
+                cur.execute("SELECT volume_24h_usd, volume_usd FROM quotes")
+                assert cur.fetchall() == [(Decimal("1234.5"), None)]
+                cur.execute("SELECT d.name, c.volume_24h_usd, c.volume_sum, c.volumes FROM candles c "
+                            "JOIN datasets d ON d.id = c.dataset_id ORDER BY 1")
+                assert cur.fetchall() == [("coingecko:markets", 7, None, 0), ("csv:Binance_BTCUSDT_1m.csv", 7, 70, 10)]
+            flask_db("downgrade", "0006_csv_row_hashes")
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM information_schema.columns WHERE column_name = 'volume_usd'")
+                assert cur.fetchone() == (0,)
+        finally:
+            conn.close()
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
