@@ -14,6 +14,7 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
+# the columns of migration 0001 (the migration tests insert with them at 0001); volume_usd (0007) is left NULL
 QUOTE_COLUMNS = ("price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd",
                  "circulating_supply", "total_supply", "max_supply", "market_cap_rank", "change_24h_pct")
 

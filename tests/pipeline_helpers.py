@@ -41,5 +41,5 @@ def table(db_conn, query: str, params=()) -> list[tuple]:
 
 def quotes_snapshot(db_conn) -> list[tuple]:
     """Every stored quote's identity and values (not run ids or fetch times), sorted."""
-    return table(db_conn, "SELECT a.slug, q.source, q.observed_at, q.price_usd, q.market_cap_usd, q.volume_24h_usd "
+    return table(db_conn, "SELECT a.slug, q.source, q.observed_at, q.price_usd, q.market_cap_usd, q.volume_24h_usd, q.volume_usd "
                           "FROM quotes q JOIN assets a ON a.id = q.asset_id ORDER BY 1, 2, 3")

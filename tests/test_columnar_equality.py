@@ -143,7 +143,8 @@ def _outcome(settings, data_dir: Path, conn) -> dict:
         for row in rows:
             stored.append((row["asset_id"], row["observed_at"], tuple(sorted(row.get("flags") or [])),
                            tuple(_stored_number(row.get(c)) for c in ("price_usd", "open_usd", "high_usd", "low_usd",
-                                                                      "market_cap_usd", "volume_24h_usd"))))
+                                                                      "market_cap_usd", "volume_24h_usd",
+                                                                      "volume_usd"))))
         for reason, errors, record, _ in rejections:
             rejected.append((record.get("_line"), reason, repr(sorted(errors.items()))))
     return {"stored": stored, "rejected": sorted(rejected, key=repr), "quality": dict(quality), "columnar": columnar}
@@ -187,7 +188,7 @@ def test_both_paths_store_the_same_rows_in_postgresql(test_env, db_conn, tmp_pat
         name, data = _file(rng, layout, 400, dirt)
         (data_dir / f"{layout}_{name}" if layout != "cmc" else data_dir / name).write_bytes(data)
     stored = ("SELECT a.slug, d.name, q.observed_at, q.price_usd::text, q.open_usd::text, q.high_usd::text, "
-              "q.low_usd::text, q.volume_24h_usd::text, q.market_cap_usd::text, q.flags FROM quotes q "
+              "q.low_usd::text, q.volume_24h_usd::text, q.volume_usd::text, q.market_cap_usd::text, q.flags FROM quotes q "
               "JOIN assets a ON a.id = q.asset_id JOIN datasets d ON d.id = q.dataset_id ORDER BY 1, 2, 3")
     rejected = "SELECT reason, errors::text, record::text FROM rejected_records ORDER BY 1, 2, 3"
     outcomes = []

@@ -14,7 +14,7 @@ from crypto_app.config import load_settings
 from crypto_app.pipeline.validate import validate_record
 from crypto_app.sources.base import PermanentSourceError
 from crypto_app.sources.csv_files import CsvSource
-from crypto_app.sources.csv_formats import identity_from_filename, slugify
+from crypto_app.sources.csv_formats import describe, identity_from_filename, slugify
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,8 @@ def test_cryptodatadownload_banner_unix_ms_and_pair_symbol(tmp_path):
     first = source(tmp_path).normalize(recs[0])
     assert first["price_usd"] == "28028.53" and first["open_usd"] == "28348.6"
     assert first["observed_at"] == "1680134400000"              # Unix (ms) preferred over the bare Date
-    assert first["volume_24h_usd"] == "2808471938.6424427"      # the USDT (quote) volume, not BTC
+    assert first["volume_usd"] == "2808471938.6424427"          # the day's USDT (quote) volume, not BTC
+    assert first["volume_24h_usd"] is None                      # a candle's volume is not a rolling 24h volume
     assert (first["symbol"], first["name"], first["external_id"]) == ("BTC", None, None)
     data = clean(first)
     assert data["observed_at"].isoformat() == "2023-03-30T00:00:00+00:00"
@@ -85,7 +86,7 @@ def test_kaggle_cmc_name_from_file_thousands_and_crlf(tmp_path):
     assert first["market_cap_usd"] == "26,199,800,000"          # raw: validation parses it
     assert (first["name"], first["slug_hint"], first["symbol"]) == ("Bitcoin Cash", "bitcoin-cash", None)
     data = clean(first)
-    assert data["market_cap_usd"] == Decimal("26199800000") and data["volume_24h_usd"] == Decimal("820947000")
+    assert data["market_cap_usd"] == Decimal("26199800000") and data["volume_usd"] == Decimal("820947000")
     assert all("\r" not in v for r in records(batches) for v in r.values() if isinstance(v, str))
     assert clean(out[-1])["market_cap_usd"] is None             # "-" on the first listed days
 
@@ -99,7 +100,7 @@ def test_kaggle_coin_file_columns_in_its_own_order(tmp_path):
     assert first["observed_at"] == "2015-02-26 23:59:59"
     assert (first["open_usd"], first["high_usd"], first["price_usd"]) == (
         "1.21042001247406", "1.2123199701309204", "1.205739974975586")
-    assert first["market_cap_usd"] == "303364.184" and first["volume_24h_usd"] == "5.955460071563721"
+    assert first["market_cap_usd"] == "303364.184" and first["volume_usd"] == "5.955460071563721"
     assert all(validate_record(r)[1] is None for r in out)
 
 
@@ -114,6 +115,27 @@ def test_generic_api_export_with_id_column(tmp_path):
     assert (out["price_usd"], out["market_cap_rank"], out["change_24h_pct"], out["max_supply"]) == (
         "497.8", "17", "-2.5", "21000000")
     assert "extra" not in out and clean(out)["change_24h_pct"] == Decimal("-2.5")
+    assert (out["volume_24h_usd"], out["volume_usd"]) == ("1900000000", None)   # total_volume: a rolling 24h
+
+
+@pytest.mark.parametrize("header, field", [
+    ("Volume USDT", "volume_usd"), ("Volume USDC", "volume_usd"), ("Volume BUSD", "volume_usd"),
+    ("Volume", "volume_usd"), ("Volume (USD)", "volume_usd"), ("volume_usd", "volume_usd"),
+    ("Volume USD", "volume_usd"), ("Volume To", "volume_usd"),
+    ("volume_24h_usd", "volume_24h_usd"), ("volume_24h", "volume_24h_usd"), ("24h Volume", "volume_24h_usd"),
+    ("total_volume", "volume_24h_usd"),
+])
+def test_a_candle_volume_is_the_intervals_and_only_a_24h_header_is_a_24h_volume(header, field):
+    fmt = describe(("Date", "Symbol", "Close", header), "prices.csv")
+    assert {f: c for f, c in fmt.fields.items() if f.startswith("volume")} == {field: header}
+
+
+def test_the_base_currency_volume_is_not_a_usd_volume():
+    fmt = describe(("Unix", "Date", "Symbol", "Close", "Volume BTC", "Volume USDT"), "Binance_BTCUSDT_1h.csv")
+    assert fmt.fields["volume_usd"] == "Volume USDT" and "volume_24h_usd" not in fmt.fields
+    assert (fmt.file_symbol, fmt.quote) == ("BTC", "USDT")
+    only_base = describe(("Date", "Symbol", "Close", "Volume BTC"), "Binance_BTCUSDT_d.csv")
+    assert not any(f.startswith("volume") for f in only_base.fields)
 
 
 def test_identity_from_file_name_table():
@@ -165,7 +187,7 @@ def test_other_delimiters_are_detected(tmp_path, delimiter):
     (tmp_path / "a.csv").write_bytes(delimiter.join([b"Date", b"Name", b"Close", b"Volume"]) + b"\n" +
                                      delimiter.join([b"2024-01-01", b"Bitcoin", b"1,5", b"10"]) + b"\n")
     out = normalized(tmp_path, run(tmp_path))[0]
-    assert (out["name"], out["price_usd"], out["volume_24h_usd"]) == ("Bitcoin", "1,5", "10")
+    assert (out["name"], out["price_usd"], out["volume_usd"]) == ("Bitcoin", "1,5", "10")
 
 
 def test_extra_and_missing_cells(tmp_path):

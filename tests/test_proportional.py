@@ -12,7 +12,7 @@ from tests.benchmarks.generate import generate
 
 DATA = Path(__file__).parent.parent / "data"
 STORED = ("SELECT a.slug, q.observed_at, q.price_usd::text, q.open_usd::text, q.high_usd::text, q.low_usd::text, "
-          "q.volume_24h_usd::text, q.market_cap_usd::text, q.flags FROM quotes q JOIN assets a ON a.id = q.asset_id "
+          "q.volume_24h_usd::text, q.volume_usd::text, q.market_cap_usd::text, q.flags FROM quotes q JOIN assets a ON a.id = q.asset_id "
           "ORDER BY 1, 2")
 
 
@@ -66,7 +66,7 @@ def test_one_percent_changed_is_written_alone_and_stores_what_a_full_load_stores
                                                       "'unchanged_rows_skipped'")
     assert proportional == table(db_conn, STORED)
     assert any(row[-1] for row in proportional)                  # the jump was flagged on both sides
-    assert any(row[6] == "1234567.50" for row in proportional)
+    assert any(row[7] == "1234567.50" for row in proportional)                # volume_usd (the day's volume)
 
 
 def test_new_plausibility_settings_re_read_every_record(test_env, db_conn, tmp_path):

@@ -7,13 +7,16 @@ rows never mix with another dataset's in a candle. A candle says where it comes 
   that divides the asked interval, and every row in the bucket carries the source's own open, high and
   low. At the native interval the candle IS the source's row (open, high, low, close = the row's
   open_usd, high_usd, low_usd, price_usd); coarser buckets aggregate them: first open, max high, min
-  low, last close; `volume_usd` is the SUM of the rows' volumes (a candle file's volume is the volume
-  of its own period).
+  low, last close.
 - `from: "observed"`: built from observed prices (snapshot sources such as API tickers, or a file
-  without OHLC): open is the first price in the bucket, close the last, high and low the extremes;
-  `volume_usd` is null, because a rolling 24h volume cannot be summed.
-In both, `volume_24h_usd` and `market_cap_usd` are the last values in the bucket. Buckets start on
-multiples of the interval from Monday 2000-01-03 00:00 UTC (so weeks start on Mondays).
+  without OHLC): open is the first price in the bucket, close the last, high and low the extremes.
+Volumes: a row's `volume_usd` is the volume traded within its own interval (a candle file's volume; the
+interval is the dataset's native interval) and a row's `volume_24h_usd` a rolling 24-hour volume (API
+tickers, CSV columns that say "24h"). A candle's `volume_usd` is the SUM of its rows' `volume_usd`, given
+only when the dataset's native interval divides the candle's interval and every row in the bucket has one
+(else null: an hour's volume is no 15-minute candle's, and a rolling 24h volume cannot be summed). A
+candle's `volume_24h_usd`, like its `market_cap_usd`, is the last value in the bucket: never a sum.
+Buckets start on multiples of the interval from Monday 2000-01-03 00:00 UTC (so weeks start on Mondays).
 
 `final` (history datasets of the APIs, `<source>:market_chart|historical:<interval>`; null elsewhere):
 a point is final unless stored with the flag `provisional` (younger than the source's finality delay,
@@ -55,7 +58,7 @@ ROWS_OF_DATASET = """
 """
 RAW_ROWS = """
     SELECT d.source, d.name AS dataset, q.observed_at, q.price_usd, q.open_usd, q.high_usd, q.low_usd,
-           q.market_cap_usd, q.volume_24h_usd, coalesce(q.flags, '{}'::text[]) AS flags, q.run_id
+           q.market_cap_usd, q.volume_24h_usd, q.volume_usd, coalesce(q.flags, '{}'::text[]) AS flags, q.run_id
 """ + DATASETS.format(inner="SELECT * " + ROWS_OF_DATASET + " ORDER BY observed_at LIMIT %(limit)s") + """
     ORDER BY q.observed_at, d.source, d.name LIMIT %(limit)s
 """
@@ -67,8 +70,8 @@ _PIECES = """
     SELECT observed_at AS at, observed_at AS first_at, observed_at AS last_at,
            (open_usd IS NOT NULL AND high_usd IS NOT NULL AND low_usd IS NOT NULL) AS ohlc,
            open_usd AS s_open, high_usd AS s_high, low_usd AS s_low, price_usd AS o_open, price_usd AS o_high,
-           price_usd AS o_low, price_usd AS close, market_cap_usd, volume_24h_usd, volume_24h_usd AS volume_sum,
-           (volume_24h_usd IS NOT NULL)::int AS volumes, 1 AS samples,
+           price_usd AS o_low, price_usd AS close, market_cap_usd, volume_24h_usd, volume_usd AS volume_sum,
+           (volume_usd IS NOT NULL)::int AS volumes, 1 AS samples,
            coalesce(flags, '{}'::text[]) @> ARRAY['provisional'] AS provisional
 """ + ROWS_OF_DATASET + """
     UNION ALL
@@ -93,13 +96,14 @@ CANDLE_ROWS = """
            CASE WHEN native THEN s_high ELSE o_high END AS high,
            CASE WHEN native THEN s_low ELSE o_low END AS low,
            close, market_cap_usd, volume_24h_usd,
-           CASE WHEN native AND volumes = samples THEN volume_sum END AS volume_usd, samples, provisional_rows
-    FROM (SELECT d.source, d.name AS dataset, q.*,
-                 (q.ohlc AND d.native_interval IS NOT NULL AND d.native_interval <= %(step)s::interval
+           CASE WHEN divides AND volumes = samples THEN volume_sum END AS volume_usd, samples, provisional_rows
+    FROM (SELECT s.*, s.ohlc AND s.divides AS native FROM (
+          SELECT d.source, d.name AS dataset, q.*,
+                 (d.native_interval IS NOT NULL AND d.native_interval <= %(step)s::interval
                   AND mod(extract(epoch FROM %(step)s::interval)::numeric,
                           extract(epoch FROM d.native_interval)::numeric) = 0)
-                 AS native
-""" + DATASETS.format(inner=_BUCKETS) + """) c
+                 AS divides
+""" + DATASETS.format(inner=_BUCKETS) + """) s) c
     ORDER BY bucket, source, dataset LIMIT %(limit)s
 """
 
@@ -141,7 +145,10 @@ class PointSchema(ma.Schema):
     high_usd = Money("High of the source's period, when it gives one")
     low_usd = Money("Low of the source's period, when it gives one")
     market_cap_usd = Money("Market cap in USD")
-    volume_24h_usd = Money("24h volume in USD (a candle file's volume of its own period)")
+    volume_24h_usd = Money("Rolling 24-hour traded volume in USD (API tickers and history, CSV columns that say 24h); "
+                           "null for a candle file's volume, which is volume_usd")
+    volume_usd = Money("USD volume traded within the row's own interval (a candle's volume, e.g. an hourly file's "
+                       "volume of that hour); the interval is the dataset's native_interval (GET /api/v1/datasets)")
     flags = fields.List(fields.String(), metadata={
         "description": "Soft plausibility rules the row tripped, and `provisional` for a history point not final "
                        "yet; [] if none"})
@@ -165,8 +172,12 @@ class CandleSchema(ma.Schema):
     low = Money("Low: the lowest source low, or the lowest observed price")
     close = Money("Close: the last price in the bucket")
     market_cap_usd = Money("Last market cap in the bucket")
-    volume_24h_usd = Money("Last volume value in the bucket")
-    volume_usd = Money("With from=source: the sum of the source candles' volumes; null with from=observed")
+    volume_24h_usd = Money("The last rolling 24-hour volume (volume_24h_usd) in the bucket, never a sum; null when "
+                           "the rows carry none (candle files carry volume_usd)")
+    volume_usd = Money("The SUM of the rows' volume_usd (each the volume of the dataset's native interval) over the "
+                       "bucket: the volume traded within the candle. Null unless the dataset's native interval "
+                       "divides the candle's interval and every row in the bucket has a volume_usd (never a sum of "
+                       "24h volumes); `samples` says how many rows it sums")
     samples = fields.Integer(metadata={"description": "Rows in the bucket"})
     final = fields.Boolean(allow_none=True, metadata={
         "description": "History datasets: the bucket has closed plus the source's finality delay and no row in it "

@@ -55,7 +55,13 @@ class QuoteValuesSchema(ma.Schema):
     high_usd = Money("High price in USD of the source's period, when it reports one")
     low_usd = Money("Low price in USD of the source's period, when it reports one")
     market_cap_usd = Money("Market capitalization in USD")
-    volume_24h_usd = Money("Traded volume over 24 hours in USD")
+    volume_24h_usd = Money("Rolling 24-hour traded volume in USD: what the APIs report, and CSV columns that say they "
+                           "are a 24h volume (\"24h volume\", \"volume_24h_usd\", \"total_volume\"); null for a CSV "
+                           "candle file's volume, which is volume_usd")
+    volume_usd = Money("USD volume traded within the row's own interval (a candle's volume, e.g. the volume of that "
+                       "hour in an hourly CSV file, of that day in a daily one); the interval is the dataset's "
+                       "native_interval (listed at /api/v1/datasets). Null for API rows, whose volume is the rolling "
+                       "volume_24h_usd")
     circulating_supply = Money("Circulating supply in units of the asset")
     total_supply = Money("Total supply in units of the asset")
     max_supply = Money("Maximum supply in units of the asset")

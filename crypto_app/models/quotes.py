@@ -6,7 +6,7 @@ from ..extensions import db
 
 # Value columns shared by `quotes` and `latest_quotes`, in the order the loader writes them.
 QUOTE_VALUE_COLUMNS = (
-    "price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd",
+    "price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd", "volume_usd",
     "circulating_supply", "total_supply", "max_supply", "market_cap_rank", "change_24h_pct",
 )
 
@@ -19,7 +19,10 @@ class QuoteValues:
     high_usd = db.Column(db.Numeric)
     low_usd = db.Column(db.Numeric)
     market_cap_usd = db.Column(db.Numeric)
-    volume_24h_usd = db.Column(db.Numeric)
+    volume_24h_usd = db.Column(db.Numeric)          # a rolling 24-hour volume (API tickers, "24h volume" columns)
+    # the volume traded within the row's own interval (a candle's volume); the interval is the dataset's
+    # native_interval (migration 0007)
+    volume_usd = db.Column(db.Numeric)
     circulating_supply = db.Column(db.Numeric)
     total_supply = db.Column(db.Numeric)
     max_supply = db.Column(db.Numeric)

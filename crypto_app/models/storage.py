@@ -44,9 +44,9 @@ class Candle(db.Model):
     s_low = db.Column(db.Numeric)
     ohlc = db.Column(db.Boolean, nullable=False)
     market_cap_usd = db.Column(db.Numeric)
-    volume_24h_usd = db.Column(db.Numeric)
-    volume_sum = db.Column(db.Numeric)
-    volumes = db.Column(db.Integer, nullable=False)
+    volume_24h_usd = db.Column(db.Numeric)           # the last rolling 24h volume in the bucket
+    volume_sum = db.Column(db.Numeric)               # sum of the rows' volume_usd (interval volumes; 0007)
+    volumes = db.Column(db.Integer, nullable=False)  # rows with a volume_usd
     samples = db.Column(db.Integer, nullable=False)
     first_observed_at = db.Column(db.DateTime(timezone=True), nullable=False)
     last_observed_at = db.Column(db.DateTime(timezone=True), nullable=False)

@@ -33,7 +33,7 @@ from .proportional import RECORD_FORMAT, known_in, pack, row_hashes, rows_to_pro
 from .validate import (MISSING_TOKENS, NUMBER_FIELDS, RULE_ERRORS, identified, invalid_reason, rule_name,
                        rule_observed, rule_symbol, rule_text, validate_record)
 
-_UNSIGNED = ("price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd",
+_UNSIGNED = ("price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd", "volume_usd",
              "circulating_supply", "total_supply", "max_supply")
 _DOT_SIMPLE = r"^[0-9]{1,100}(\.[0-9]{1,100})?$"
 _PLAIN_SIMPLE = r"^[0-9]{1,100}$"
@@ -100,8 +100,11 @@ def transform_block(source, resolver, batch, checks=None, dataset_id=None, known
     marks = _marks(table, fmt)
     seen = check = None
     if known is not None:                       # proportional re-ingest (pipeline/proportional.py)
-        rules = (RECORD_FORMAT + repr(fmt) + repr((checks.severity, checks.settings) if checks is not None else None)
-                 + repr(resolver.overrides))
+        # what else decides a record's stored values: the record format, the rules, the overrides, and the
+        # meaning of its cells (the header's columns in their order, and the field each maps to: a changed
+        # header or alias maps the same bytes to other fields, and no record is "stored exactly as it reads now")
+        rules = (RECORD_FORMAT + repr((checks.severity, checks.settings) if checks is not None else None)
+                 + repr(resolver.overrides) + repr(fmt.columns) + repr(sorted(fmt.fields.items())))
         hashes = row_hashes(block.raw_lines(), marks, rules)
         seen = known_in(hashes, known)          # the same bytes, under the same marks, as a stored record
         check = np.flatnonzero(~seen) if seen.any() else None

@@ -12,7 +12,10 @@ Celery's acks_late, or the next scheduled run) starts again from what the tables
    Candles are mergeable (first/last observation times beside open/close), so a row that arrives late
    for an already rolled-up bucket merges in at the next run: open, close and the extremes stay exact.
    `dataset_assets` (rows and span of the raw rows per dataset and asset) moves in the same transaction.
-   Candle datasets (CSV files with a daily interval, ...) keep their rows: they are the history.
+   Candle datasets (CSV files with a daily interval, ...) keep their rows: they are the history. CSV files
+   with an interval under an hour (minute candles) are rolled up like snapshots. A candle keeps the last
+   rolling 24h volume (volume_24h_usd) and the sum and count of the rows' interval volumes (volume_usd) in
+   volume_sum and volumes: only an interval volume can be summed (migration 0007).
 2. Hourly candles older than CANDLE_HOURLY_RETENTION_DAYS are deleted (daily candles stay forever).
 3. Raw page bodies not seen for RAW_PAYLOAD_RETENTION_DAYS are pruned (the hash row stays).
 4. Rejected records older than REJECTED_RETENTION_DAYS are deleted.
@@ -56,7 +59,7 @@ def _candles_from(rows: str, resolution: str, step: str) -> str:
            bool_and(open_usd IS NOT NULL AND high_usd IS NOT NULL AND low_usd IS NOT NULL),
            (array_agg(market_cap_usd ORDER BY observed_at DESC))[1],
            (array_agg(volume_24h_usd ORDER BY observed_at DESC))[1],
-           sum(volume_24h_usd), count(volume_24h_usd), count(*), min(observed_at), max(observed_at)
+           sum(volume_usd), count(volume_usd), count(*), min(observed_at), max(observed_at)
     FROM {rows} GROUP BY 1, 2, 4
     ON CONFLICT (dataset_id, asset_id, resolution, bucket) DO UPDATE SET
         o_open = CASE WHEN EXCLUDED.first_observed_at < c.first_observed_at THEN EXCLUDED.o_open ELSE c.o_open END,
@@ -77,7 +80,8 @@ def _candles_from(rows: str, resolution: str, step: str) -> str:
     RETURNING 1"""
 
 
-_ROLLED = "dataset_id, asset_id, observed_at, price_usd, open_usd, high_usd, low_usd, market_cap_usd, volume_24h_usd"
+_ROLLED = ("dataset_id, asset_id, observed_at, price_usd, open_usd, high_usd, low_usd, market_cap_usd, volume_24h_usd, "
+           "volume_usd")
 _DELETE_RANGE = f"""
     DELETE FROM quotes WHERE source = %(source)s AND dataset_id = %(dataset_id)s AND observed_at >= %(since)s
       AND observed_at < %(until)s RETURNING {_ROLLED}"""

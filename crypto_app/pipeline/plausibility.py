@@ -22,8 +22,8 @@ from ..config import PLAUSIBILITY_DEFAULTS
 from .previous import newest_prices_before
 
 PRICE_FIELDS = ("price_usd", "open_usd", "high_usd", "low_usd")
-NON_NEGATIVE_FIELDS = PRICE_FIELDS + ("market_cap_usd", "volume_24h_usd", "circulating_supply", "total_supply",
-                                      "max_supply")
+NON_NEGATIVE_FIELDS = PRICE_FIELDS + ("market_cap_usd", "volume_24h_usd", "volume_usd", "circulating_supply",
+                                      "total_supply", "max_supply")
 
 
 # -- the rules ------------------------------------------------------------------------------------

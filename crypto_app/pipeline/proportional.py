@@ -1,8 +1,11 @@
 """Proportional re-ingest: a changed CSV file costs one read plus the work of what changed.
 
 Each chunk read column-wise stores, in the transaction of its quotes, the 8-byte hashes of the records it
-stored (table csv_row_hashes, migration 0004): blake2b of the chunk's decimal marks and the record's
-bytes, so a record whose reading depends on its column's evidence is "the same" only under the same marks.
+stored (table csv_row_hashes, migration 0006): blake2b of the record's bytes, keyed by the chunk's decimal
+marks, the rules and overrides, and the file's header (its columns in order and the field each maps to). So
+a record whose reading depends on its column's evidence is "the same" only under the same marks, and none
+is skipped after a change of what its cells mean (a reordered header, a new alias mapping such as 0007's
+volume_usd).
 When a file is read again from its start, the run loads the file's hashes once (`known_hashes`) and its
 first batch replaces them (`LoadBatch.row_hashes`, reset). In each chunk, a record whose hash is known was
 stored exactly as it reads now and is not validated or upserted again, EXCEPT where a neighbour's change
@@ -48,7 +51,8 @@ def known_in(hashes: np.ndarray, known: np.ndarray) -> np.ndarray:
 
 def row_hashes(lines: list[bytes], marks: dict, rules: str = "") -> np.ndarray:
     """One 8-byte hash per record line, keyed by the chunk's decimal marks and `rules` (what else decides a
-    record's outcome: plausibility settings, identity overrides), so a change of either re-reads everything."""
+    record's outcome: plausibility settings, identity overrides, the header and its mapping), so a change of either
+    re-reads everything."""
     key = _key((repr(sorted(marks.items())) + rules).encode())
     blake = hashlib.blake2b
     return np.frombuffer(b"".join(blake(line, digest_size=8, key=key).digest() for line in lines), dtype=np.uint64)

@@ -215,6 +215,7 @@ class QuoteRecordSchema(Schema):
     low_usd = Rule(rule_amount)
     market_cap_usd = Rule(rule_amount)
     volume_24h_usd = Rule(rule_amount)
+    volume_usd = Rule(rule_amount)
     circulating_supply = Rule(rule_amount)
     total_supply = Rule(rule_amount)
     max_supply = Rule(rule_amount)
@@ -242,7 +243,7 @@ _FIELD_RULES = tuple((name, field.rule) for name, field in QUOTE_SCHEMA.fields.i
 
 
 # Fields whose text is a written number, read under the decimal mark of their column.
-NUMBER_FIELDS = ("price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd",
+NUMBER_FIELDS = ("price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd", "volume_usd",
                  "circulating_supply", "total_supply", "max_supply", "market_cap_rank", "change_24h_pct")
 
 

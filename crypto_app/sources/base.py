@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 # (crypto_app.pipeline.validate), so every source obeys the same rules.
 IDENTITY_FIELDS = ("external_id", "symbol", "name", "slug_hint")
 VALUE_FIELDS = (
-    "price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd",
+    "price_usd", "open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd", "volume_usd",
     "circulating_supply", "total_supply", "max_supply", "market_cap_rank", "change_24h_pct",
     "observed_at",
 )

@@ -25,9 +25,15 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "open_usd": ("open_usd", "open (usd)", "open"),
     "high_usd": ("high_usd", "high (usd)", "high"),
     "low_usd": ("low_usd", "low (usd)", "low"),
-    # USD-quoted volume first: CryptoDataDownload has "Volume BTC" (base) and "Volume USDT" (quote).
-    "volume_24h_usd": ("volume_24h_usd", "volume_usd", "volume (usd)", "volume usdt", "volume usdc",
-                       "volume busd", "total_volume", "volume_24h", "24h volume", "volume to", "volume"),
+    # Two different volumes, never mixed up:
+    # - volume_usd: traded WITHIN the row's own interval (a candle's volume; the interval is the dataset's
+    #   native_interval): what candle files carry, e.g. CryptoDataDownload's "Volume USDT" (the hour's volume
+    #   in Binance_BTCUSDT_1h.csv; USD-quoted first, "Volume BTC" is the base currency's) or Kaggle's
+    #   "Volume" (the day's volume in coin_Bitcoin.csv);
+    # - volume_24h_usd: a rolling 24-hour volume, only for columns that say so (API exports).
+    "volume_usd": ("volume_usd", "volume (usd)", "volume usd", "volume usdt", "volume usdc", "volume busd",
+                   "volume to", "volume"),
+    "volume_24h_usd": ("volume_24h_usd", "volume_24h", "24h volume", "total_volume"),
     "market_cap_usd": ("market_cap_usd", "market cap (usd)", "market_cap", "marketcap"),
     # A full datetime or unix time beats a bare date (CDD has both "Unix" in ms and "Date").
     "observed_at": ("observed_at", "timestamp", "unix", "unix timestamp", "datetime", "date time",

@@ -79,6 +79,13 @@ def test_asset_page_draws_prices_per_source_consensus_and_candles(page):
     assert page.text("#asset-name") == "Bitcoin"
     quotes = page.js("return [...document.querySelectorAll('#quotes-table tbody tr')].map(r => r.cells[0].textContent);")
     assert quotes == ["coinpaprika:tickers", "csv:bitcoin_history.csv", "csv:sample_markets.csv"]   # a row per dataset
+    head = page.js("return [...document.querySelectorAll('#quotes-table thead th')].map(c => c.textContent);")
+    day_volume, rolling = head.index("Volume (row's interval)"), head.index("Volume 24h")
+    volumes = page.js("return [...document.querySelectorAll('#quotes-table tbody tr')].map(r => "
+                      f"[r.cells[{rolling}].textContent, r.cells[{day_volume}].textContent]);")
+    # the daily file's Volume is the day's volume (volume_usd), not a 24h volume; the ticker's is a 24h volume
+    assert volumes[1][0] == "–" and volumes[1][1].endswith(" / 1d")
+    assert volumes[0][0] != "–" and volumes[0][1] == "–"
     cards = page.text("#consensus-cards")
     assert "consensus (median)" in cards and "spread" in cards
     assert page.wait(CHART_DRAWN, "price-chart", message="the price chart to draw")

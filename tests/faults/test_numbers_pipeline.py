@@ -9,7 +9,7 @@ from mangled import BITCOIN_2013, BITCOIN_2021, mangled_kaggle_file, true_rows
 from pipeline_helpers import run_inline, settings_for, table
 
 DATA = Path(__file__).parent.parent.parent / "data"
-COLUMNS = {"High": "high_usd", "Low": "low_usd", "Open": "open_usd", "Close": "price_usd", "Volume": "volume_24h_usd",
+COLUMNS = {"High": "high_usd", "Low": "low_usd", "Open": "open_usd", "Close": "price_usd", "Volume": "volume_usd",
            "Marketcap": "market_cap_usd"}
 # a row whose values are all whole numbers survives the spreadsheet unchanged (synthetic, for a good row)
 WHOLE = {"2013-05-04 23:59:59": ("115", "92", "98", "112", "0", "1250000000")}

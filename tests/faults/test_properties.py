@@ -25,8 +25,8 @@ from crypto_app.sources.coinpaprika import CoinPaprikaSource
 from crypto_app.models.quotes import QUOTE_VALUE_COLUMNS
 
 SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), database=None)  # no .hypothesis dir
-AMOUNTS = ("open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd", "circulating_supply",
-           "total_supply", "max_supply")
+AMOUNTS = ("open_usd", "high_usd", "low_usd", "market_cap_usd", "volume_24h_usd", "volume_usd",
+           "circulating_supply", "total_supply", "max_supply")
 EPOCH_2009, YEAR_2100 = datetime(2009, 1, 3, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc)
 
 # -- strategies ------------------------------------------------------------------------------------------

@@ -168,6 +168,14 @@
       : "built from the observed prices (open = first, close = last observation in each bucket).");
   }
 
+  // volume_usd is the volume of the row's own interval (the dataset's native interval), never a 24h volume
+  function intervalVolume(q, interval) {
+    if (q.volume_usd === null || q.volume_usd === undefined) return el("td", {class: "num"}, "–");
+    const per = interval ? ` / ${interval}` : "";
+    return el("td", {class: "num", title: `${q.volume_usd} USD traded within the row's interval` +
+      (interval ? ` (${interval})` : "")}, compact(q.volume_usd) + per);
+  }
+
   function renderAsset(asset) {
     document.title = `${asset.name} (${asset.symbol}) · cryptoflow`;
     byId("asset-name").textContent = asset.name;
@@ -184,6 +192,7 @@
       card("spread", c.spread_pct === null || c.spread_pct === undefined ? "–" : `${Number(c.spread_pct).toFixed(2)}%`,
         c.spread_usd ? `${c.spread_usd} USD` : null),
       card("sources with a price", String(c.sources || 0)));
+    const intervalOf = Object.fromEntries((asset.datasets || []).map((d) => [d.name, d.native_interval]));
     fill(byId("quotes-table").tBodies[0], (asset.quotes || []).map((q) => el("tr", {},
       el("td", {}, keyOf(q)),
       el("td", {class: "num", title: q.price_usd}, money(q.price_usd)),
@@ -192,6 +201,7 @@
       el("td", {class: "num", title: q.low_usd}, money(q.low_usd)),
       el("td", {class: "num", title: q.market_cap_usd}, compact(q.market_cap_usd)),
       el("td", {class: "num", title: q.volume_24h_usd}, compact(q.volume_24h_usd)),
+      intervalVolume(q, intervalOf[q.dataset]),
       el("td", {class: "num"}, pct(q.change_24h_pct)),
       el("td", {title: time(q.observed_at)}, ago(q.observed_at)),
       el("td", {class: "flags"}, ...(q.flags || []).map((f) => el("span", {class: "pill flag"},
