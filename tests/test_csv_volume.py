@@ -187,6 +187,17 @@ def test_rollups_of_a_minute_file_keep_its_interval_volumes_and_never_sum_24h_vo
                           "JOIN datasets d ON d.id = c.dataset_id GROUP BY 1 ORDER BY 1") == [
         ("coingecko", 0, True), ("csv", 2 * 24, False)]
 
+    # the file imported again (--force, e.g. the upgrade note's repair): its rows are already in the rollups
+    # and are not stored again, so neither the history nor the next rollup counts them twice
+    again_id, again = run_inline(settings, "csv", {"files": ["Binance_BTCUSDT_5m.csv"], "force": True})
+    assert again.status == "succeeded"
+    assert table(db_conn, "SELECT count(*) FROM quotes") == [(0,)]
+    assert table(db_conn, "SELECT (stats->>'already_rolled_up')::int FROM etl_runs WHERE id = %s",
+                 (again_id,)) == [(24,)]
+    assert hourly("bitcoin") == before
+    assert deliver_maintenance(settings, trigger="cli", kind="cli").status == "succeeded"
+    assert hourly("bitcoin") == before
+
 
 def test_migration_0007_adds_the_column_moves_nothing_and_clears_only_api_volume_sums(test_env):
     """Old CSV rows keep their volume_24h_usd (which header it came from is not recorded: nothing is guessed);

@@ -118,6 +118,8 @@ class IngestionRun:
             with guard:
                 for key in ("inserted", "updated", "unchanged"):
                     stats[key] = stats.get(key, 0) + getattr(result, key)
+                if result.already_rolled_up:        # a re-import of rows the maintenance task rolled up
+                    stats["already_rolled_up"] = stats.get("already_rolled_up", 0) + result.already_rolled_up
             self.progress(batch, counts)
             log.info("batch loaded", extra={"run_id": self.run_id, "source": self.source_name,
                                             "locator": batch.locator, **counts,

@@ -80,6 +80,24 @@ WITH inserted AS (
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
 """
 
+# Rows the maintenance task already rolled up (crypto_app/pipeline/maintenance.py) and deleted are not stored
+# again when a file is re-imported: a raw row and a rollup of the same observation would both be counted by
+# the history API and by the next rollup (samples and volume sums doubled). A staged row is "already rolled
+# up" when its dataset's daily candle for its day (kept forever) spans its observation time.
+_HAS_ROLLUPS = """
+SELECT EXISTS (SELECT 1 FROM candles WHERE dataset_id = %(dataset_id)s AND resolution = '1d'
+                                       AND bucket <= %(last)s AND last_observed_at >= %(first)s)
+"""
+_DROP_ROLLED_UP = """
+WITH dropped AS (
+    DELETE FROM stage_quotes s USING candles c
+    WHERE c.dataset_id = %(dataset_id)s AND c.asset_id = s.asset_id AND c.resolution = '1d'
+      AND c.bucket = date_bin(INTERVAL '1 day', s.observed_at, TIMESTAMPTZ '2000-01-03 00:00:00+00')
+      AND s.observed_at BETWEEN c.first_observed_at AND c.last_observed_at
+    RETURNING 1
+) SELECT count(*) FROM dropped
+"""
+
 _UPSERT_LATEST = f"""
 INSERT INTO latest_quotes (source, dataset_id, {_COLS})
 SELECT DISTINCT ON (asset_id) %(source)s, %(dataset_id)s, {_COLS} FROM stage_quotes
@@ -131,10 +149,12 @@ class BatchResult:
     inserted: int = 0
     updated: int = 0
     newest_observed_at: datetime | None = None
+    already_rolled_up: int = 0          # staged rows whose observation is already in the rollups: not stored
+
 
     @property
     def unchanged(self) -> int:
-        return self.staged - self.inserted - self.updated
+        return self.staged - self.inserted - self.updated - self.already_rolled_up
 
 
 @dataclass
@@ -314,11 +334,23 @@ def _upsert_quotes(cur, batch: LoadBatch, rows) -> BatchResult:
     cur.copy_expert(f"COPY stage_quotes ({_COLS}) FROM STDIN", buffer)
     params = {"source": batch.source, "dataset_id": batch.dataset_id,
               "first": min(row["observed_at"] for row in rows), "last": max(row["observed_at"] for row in rows)}
+    rolled = _drop_rolled_up(cur, params)
     cur.execute(_UPSERT_QUOTES, params)
     inserted, updated = cur.fetchone()
     cur.execute(_UPSERT_LATEST, params)
-    return BatchResult(staged=len(rows), inserted=inserted, updated=updated,
+    return BatchResult(staged=len(rows), inserted=inserted, updated=updated, already_rolled_up=rolled,
                        newest_observed_at=max(row["observed_at"] for row in rows))
+
+
+def _drop_rolled_up(cur, params: dict) -> int:
+    """Remove from the stage the rows already rolled up (see _DROP_ROLLED_UP); one index probe when none can be."""
+    if params["dataset_id"] is None:
+        return 0
+    cur.execute(_HAS_ROLLUPS, params)
+    if not cur.fetchone()[0]:
+        return 0
+    cur.execute(_DROP_ROLLED_UP, params)
+    return cur.fetchone()[0]
 
 
 def _store_row_hashes(cur, rel: str, start: int, reset: bool, hashes: bytes | None) -> None:
@@ -352,10 +384,12 @@ def _upsert_columns(cur, batch: LoadBatch, rows) -> BatchResult:
     # the time range of the batch: the update of changed rows reads only the partitions it covers
     params = {"source": batch.source, "dataset_id": batch.dataset_id,
               "first": rows.oldest_observed_at(), "last": rows.newest_observed_at()}
+    rolled = _drop_rolled_up(cur, params)
     cur.execute(_UPSERT_QUOTES, params)
     inserted, updated = cur.fetchone()
     cur.execute(_UPSERT_LATEST, params)
-    return BatchResult(staged=count, inserted=inserted, updated=updated, newest_observed_at=rows.newest_observed_at())
+    return BatchResult(staged=count, inserted=inserted, updated=updated, already_rolled_up=rolled,
+                       newest_observed_at=rows.newest_observed_at())
 
 
 _FLAG = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
