@@ -228,9 +228,13 @@ def compare_degradation(result: dict, baseline: dict) -> tuple[str, bool | None,
         factor = t["http"]["requests_per_s"] / mine["http"]["requests_per_s"]
         if factor > worst:
             worst, worst_name = factor, t["name"]
-    for key in ("cli", "reingest_1pct"):
-        a, b = baseline.get("ingest", {}).get(key), result.get("ingest", {}).get(key)
-        if a and b and b.get("rows_per_s"):
+    ingest_a, ingest_b = baseline.get("ingest", {}), result.get("ingest", {})
+    pairs = [(key, ingest_a.get(key), ingest_b.get(key)) for key in ("copy_floor", "upsert_floor", "cli",
+                                                                    "reingest_1pct")]
+    celery_b = {r["workers"]: r for r in ingest_b.get("celery", [])}
+    pairs += [(f"celery {r['workers']} worker(s)", r, celery_b.get(r["workers"])) for r in ingest_a.get("celery", [])]
+    for key, a, b in pairs:
+        if a and b and a.get("rows_per_s") and b.get("rows_per_s"):
             factor = a["rows_per_s"] / b["rows_per_s"]
             if factor > worst:
                 worst, worst_name = factor, f"ingest {key}"
