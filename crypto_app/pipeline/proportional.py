@@ -31,14 +31,31 @@ EMPTY = np.zeros(0, dtype=np.uint64)
 RECORD_FORMAT = "record-format-1"
 
 
-def known_hashes(conn, rel: str) -> np.ndarray:
-    """The sorted hashes of the records stored from file `rel` (empty if none)."""
+def known_hashes(conn, rel: str, page: int = 64) -> np.ndarray:
+    """The sorted hashes of the records stored from file `rel` (empty if none): 8 bytes per record held
+    (80 MB for a 10M-row file), filled in place a page of chunks at a time and sorted in place (duplicates
+    kept: known_in does not mind them). Fetching every chunk at once and np.unique held ~8x that."""
     with conn.cursor() as cur:
-        cur.execute("SELECT hashes FROM csv_row_hashes WHERE file = %s", (rel,))
-        parts = [np.frombuffer(bytes(row[0]), dtype=np.uint64) for row in cur.fetchall()]
+        cur.execute("SELECT coalesce(sum(length(hashes)), 0) FROM csv_row_hashes WHERE file = %s", (rel,))
+        total = int(cur.fetchone()[0]) // 8
+        out = np.empty(total, dtype=np.uint64)
+        at, after = 0, -1
+        while at < total:
+            cur.execute("SELECT chunk_start, hashes FROM csv_row_hashes WHERE file = %s AND chunk_start > %s "
+                        "ORDER BY chunk_start LIMIT %s", (rel, after, page))
+            rows = cur.fetchall()
+            if not rows:
+                break
+            for after, blob in rows:
+                part = np.frombuffer(blob, dtype=np.uint64)[: total - at]
+                out[at:at + part.size] = part
+                at += part.size
+            del rows
     if not conn.autocommit:
         conn.commit()
-    return np.unique(np.concatenate(parts)) if parts else EMPTY
+    out = out[:at]
+    out.sort()
+    return out if at else EMPTY
 
 
 def known_in(hashes: np.ndarray, known: np.ndarray) -> np.ndarray:
