@@ -83,10 +83,13 @@ SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FR
 # Rows the maintenance task already rolled up (crypto_app/pipeline/maintenance.py) and deleted are not stored
 # again when a file is re-imported: a raw row and a rollup of the same observation would both be counted by
 # the history API and by the next rollup (samples and volume sums doubled). A staged row is "already rolled
-# up" when its dataset's daily candle for its day (kept forever) spans its observation time.
+# up" when its dataset's daily candle for its day (kept forever) spans its observation time. Maintenance
+# rolls up only rows older than RETENTION_RAW_DAYS (at least 1 day), so a batch whose oldest row is younger
+# than a day (every API snapshot batch) is answered without reading candles at all.
 _HAS_ROLLUPS = """
-SELECT EXISTS (SELECT 1 FROM candles WHERE dataset_id = %(dataset_id)s AND resolution = '1d'
-                                       AND bucket <= %(last)s AND last_observed_at >= %(first)s)
+SELECT CASE WHEN %(first)s::timestamptz >= now() - INTERVAL '1 day' THEN false
+            ELSE EXISTS (SELECT 1 FROM candles WHERE dataset_id = %(dataset_id)s AND resolution = '1d'
+                                                 AND bucket <= %(last)s AND last_observed_at >= %(first)s) END
 """
 _DROP_ROLLED_UP = """
 WITH dropped AS (

@@ -114,15 +114,7 @@ def run(days: int, retention_days: int) -> dict:
                 tick += 1
             for run_id in run_ids.values():
                 lifecycle.finish_run(conn, run_id, "succeeded")
-            run_id = str(uuid.uuid4())               # the hourly maintenance run, on the simulated clock
-            lifecycle.create_run(conn, run_id, "maintenance", "schedule")
-            t0 = time.perf_counter()
-            counts = maintain(conn, run_id, settings.storage, now=at, dsn=settings.libpq_url)
-            maint_s += time.perf_counter() - t0
-            lifecycle.finish_run(conn, run_id, "succeeded")
-            for k, v in counts.items():
-                if isinstance(v, int):
-                    day_runs[k] = day_runs.get(k, 0) + v
+            maint_s += maintenance_tick(conn, settings, at, day_runs)   # hourly, on the simulated clock
         entry = {"day": day + 1, "rows_written": rows_written, "load_seconds": round(load_s, 1),
                  "maintenance_seconds": round(maint_s, 1), "maintenance": day_runs, "sizes": sizes(conn)}
         report["per_day"].append(entry)
@@ -164,6 +156,21 @@ ON CONFLICT (asset_id, dataset_id) DO UPDATE SET
 """
 
 
+def maintenance_tick(conn, settings, at: datetime, day_runs: dict) -> float:
+    """The hourly maintenance run at simulated time `at`, recorded as beat records it; adds its counts to
+    `day_runs` and returns its seconds."""
+    run_id = str(uuid.uuid4())
+    lifecycle.create_run(conn, run_id, "maintenance", "schedule")
+    t0 = time.perf_counter()
+    counts = maintain(conn, run_id, settings.storage, now=at, dsn=settings.libpq_url)
+    seconds = time.perf_counter() - t0
+    lifecycle.finish_run(conn, run_id, "succeeded")
+    for k, v in counts.items():
+        if isinstance(v, int):
+            day_runs[k] = day_runs.get(k, 0) + v
+    return seconds
+
+
 def run_fast(days: int, retention_days: int) -> dict:
     """--fast: the same rows (3,000 every 5 minutes) and raw pages (one real-shaped body per page, its
     time changed) written set-based per simulated hour instead of through load_batch, so that weeks of
@@ -203,15 +210,7 @@ def run_fast(days: int, retention_days: int) -> dict:
             lifecycle.finish_run(conn, run_id, "succeeded")
             load_s += time.perf_counter() - t0
             at += timedelta(hours=1)
-            maintenance_id = str(uuid.uuid4())
-            lifecycle.create_run(conn, maintenance_id, "maintenance", "schedule")
-            t0 = time.perf_counter()
-            counts = maintain(conn, maintenance_id, settings.storage, now=at, dsn=settings.libpq_url)
-            maint_s += time.perf_counter() - t0
-            lifecycle.finish_run(conn, maintenance_id, "succeeded")
-            for k, v in counts.items():
-                if isinstance(v, int):
-                    day_runs[k] = day_runs.get(k, 0) + v
+            maint_s += maintenance_tick(conn, settings, at, day_runs)
         entry = {"day": day + 1, "load_seconds": round(load_s, 1), "maintenance_seconds": round(maint_s, 1),
                  "maintenance": day_runs, "sizes": sizes(conn)}
         report["per_day"].append(entry)
