@@ -6,6 +6,7 @@
     --take-over                     (run, import) take the source from the run holding its lock
     flask etl status                sources: last success, last run, running run, lock holder (cli_status.py)
     flask etl runs                  recent runs (cli_status.py)
+    flask etl maintain              the maintenance run now (cli_maintenance.py)
 
 `flask` finds this checkout's embedded servers by itself (crypto_app.cli_app); errors are one line.
 """
@@ -177,4 +178,4 @@ def _follow(run_id: str, timeout: int) -> None:
     raise click.ClickException(f"run {run_id} still not finished after {timeout}s")
 
 
-from . import cli_backfill  # noqa: E402,F401  (registers `flask etl backfill` in the etl group)
+from . import cli_backfill, cli_maintenance  # noqa: E402,F401  (register `flask etl backfill`, `maintain`)

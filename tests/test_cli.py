@@ -186,3 +186,30 @@ def test_the_progress_bar_keeps_info_lines_off_the_terminal(test_env, tmp_path):
         bar.close()
     assert root.handlers == before
     assert "batch loaded" in cli_output.LOG_FILE.read_text()
+
+
+def test_maintain_runs_maintenance_now_and_refuses_while_one_is_going(test_env, db_conn):
+    from datetime import timedelta
+
+    import api_data as d
+    from storage_data import assets, now, write_snapshots
+
+    ids = assets(db_conn, 2)
+    start = (now() - timedelta(days=45)).replace(hour=10, minute=0, second=0, microsecond=0)
+    old = write_snapshots(test_env["DATABASE_URL"], d.run(db_conn, "coingecko"), ids, start, count=24)  # 2 h
+    app = _cli_app(test_env)
+    result = app.test_cli_runner().invoke(args=["etl", "maintain"])
+    assert result.exit_code == 0, result.output
+    assert "maintenance: succeeded in " in result.output
+    assert f"{len(old)} raw rows rolled up, 4 hourly candles written, 2 daily candles written" in result.output
+    assert table(db_conn, "SELECT source, trigger, status, fetched FROM etl_runs WHERE source = 'maintenance'") == [
+        ("maintenance", "cli", "succeeded", len(old))]
+    assert table(db_conn, "SELECT count(*) FROM quotes") == [(0,)]
+
+    again = app.test_cli_runner().invoke(args=["etl", "maintain"])
+    assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+
+    SourceLock(redis_client(test_env["REDIS_URL"]), "maintenance").acquire("other-run", 60)
+    busy = app.test_cli_runner().invoke(args=["etl", "maintain"])
+    assert busy.exit_code == 1 and "maintenance is already going: run other-run holds its lock" in busy.output
+    assert table(db_conn, "SELECT count(*) FROM etl_runs WHERE source = 'maintenance'") == [(2,)]
