@@ -15,7 +15,7 @@ from .cli import etl
 from .cli_output import require_servers
 
 # The counts a run reports, in the order its steps run, with the words an operator reads.
-COUNTS = (("partitions_created", "partitions created"), ("partitions_dropped", "weekly partitions dropped"),
+COUNTS = (("partitions_created", "partitions created"), ("partitions_dropped", "expired partitions dropped"),
           ("quotes_rolled_up", "raw rows rolled up"), ("hourly_candles", "hourly candles written"),
           ("daily_candles", "daily candles written"), ("hourly_candles_expired", "hourly candles expired"),
           ("raw_pages_pruned", "raw page bodies pruned"), ("rejected_expired", "rejected records expired"),

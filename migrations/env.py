@@ -77,7 +77,7 @@ def include_object(obj, name, type_, reflected, compare_to):
     the models: the parent table is."""
     table = obj if type_ == "table" else getattr(obj, "table", None)
     table_name = getattr(table, "name", name) or ""
-    return not (reflected and (table_name.startswith(("quotes_w", "quotes_y")) or table_name == "quotes_default"))
+    return not (reflected and (table_name.startswith(("quotes_d", "quotes_w", "quotes_y")) or table_name == "quotes_default"))
 
 
 def run_migrations_online():

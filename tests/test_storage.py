@@ -145,6 +145,24 @@ def test_a_year_of_history_answers_from_daily_rollups_exactly(client, db_conn, t
         for b in sorted(b for _, b in expected if b >= since)]
 
 
+def weekly_partition(db_conn, week) -> None:
+    """The weekly partition of `week` as migration 0005 made it, in place of any daily ones there (empty:
+    the tables are emptied between tests)."""
+    from crypto_app.pipeline import partitions
+    from psycopg2 import sql
+
+    parts = partitions.partitions(db_conn)
+    if f"quotes_w{week:%Y%m%d}" in {p.name for p in parts}:
+        return
+    with db_conn.cursor() as cur:
+        cur.execute("BEGIN")
+        for p in parts:
+            if week <= p.lo < week + timedelta(weeks=1):
+                cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(p.name)))
+        partitions._create(cur, f"quotes_w{week:%Y%m%d}", week, week + timedelta(weeks=1))
+        cur.execute("COMMIT")
+
+
 def test_expired_weeks_are_dropped_whole_unless_they_hold_rows_to_keep(db_conn, test_env, settings):
     from crypto_app.pipeline import partitions
 
@@ -152,6 +170,8 @@ def test_expired_weeks_are_dropped_whole_unless_they_hold_rows_to_keep(db_conn, 
     run_id = d.run(db_conn, "coingecko")
     pure = partitions.week_start(now() - timedelta(days=50))
     mixed = pure + timedelta(weeks=1)
+    for week in (pure, mixed):     # the migration's weekly partitions (an earlier test may have expired one)
+        weekly_partition(db_conn, week)
     write_snapshots(test_env["DATABASE_URL"], run_id, ids, pure + timedelta(hours=1), count=12)
     write_snapshots(test_env["DATABASE_URL"], run_id, ids, mixed + timedelta(hours=1), count=12, seed=3)
     with db_conn.cursor() as cur:    # a daily candle dataset (a CSV file) in the second week: it is history
@@ -168,8 +188,36 @@ def test_expired_weeks_are_dropped_whole_unless_they_hold_rows_to_keep(db_conn, 
     assert f"quotes_w{mixed:%Y%m%d}" in names                     # kept for the CSV row; snapshots deleted
     assert table(db_conn, "SELECT source, price_usd FROM quotes") == [("csv", Decimal("42"))]
     assert table(db_conn, "SELECT count(*), sum(samples) FROM candles WHERE resolution = '1h'") == [(4, 48)]
-    ahead = partitions.week_start(now() + timedelta(weeks=partitions.WEEKS_AHEAD))
-    assert f"quotes_w{ahead:%Y%m%d}" in names                     # created ahead
+    ahead = partitions.day_start(now() + timedelta(days=partitions.DAYS_AHEAD))
+    assert f"quotes_d{ahead:%Y%m%d}" in names                     # created ahead, a day each
+
+
+def test_expired_days_are_dropped_whole_so_raw_rows_stay_30_to_31_days(db_conn, test_env, settings):
+    """Daily partitions (migration 0008): the weekly ones ahead were replaced by days, and an expired day
+    goes as soon as its end is past the retention, instead of waiting for the end of its week."""
+    from crypto_app.pipeline import partitions
+
+    parts = partitions.partitions(db_conn)
+    assert not [p for p in parts if p.name.startswith("quotes_w") and p.lo > now()]    # 0008: no week ahead
+    day = partitions.day_start(now() + timedelta(days=10))       # a day ahead: a daily partition (0008)
+    assert f"quotes_d{day:%Y%m%d}" in {p.name for p in parts}
+    ids = assets(db_conn, 2)
+    run_id = d.run(db_conn, "coingecko")
+    first = write_snapshots(test_env["DATABASE_URL"], run_id, ids, day + timedelta(hours=23), count=12)
+    second = write_snapshots(test_env["DATABASE_URL"], run_id, ids, day + timedelta(days=1, hours=1), count=12,
+                             seed=3)
+    later = day + timedelta(days=31, hours=3)                    # the clock 31 days on: cutoff = day + 1 d 3 h
+
+    step = deliver_maintenance(settings, trigger="cli", kind="cli", now=later)
+    assert step.status == "succeeded", step
+    names = {p.name for p in partitions.partitions(db_conn)}
+    assert f"quotes_d{day:%Y%m%d}" not in names                   # past the retention: dropped whole
+    assert f"quotes_d{day + timedelta(days=1):%Y%m%d}" in names   # ends after the cutoff: kept (30-31 days)
+    assert table(db_conn, "SELECT count(*) FROM quotes") == [(len(second),)]
+    assert candles(db_conn, "1h") == expected_candles(first, later, timedelta(hours=1))
+    assert table(db_conn, "SELECT fetched FROM etl_runs WHERE id = %s", (step.run_id,)) == [(len(first),)]
+    ahead = partitions.day_start(later + timedelta(days=partitions.DAYS_AHEAD))
+    assert f"quotes_d{ahead:%Y%m%d}" in names                     # created ahead of the (simulated) clock
 
 
 def test_storage_is_reported_in_stats_metrics_and_health(client, db_conn, test_env, settings):

@@ -54,7 +54,7 @@ class Candle(db.Model):
 
 
 class QuotePartitioning(db.Model):
-    """Where weekly partitions of quotes start (crypto_app/pipeline/partitions.py); one row."""
+    """Where dated (weekly, then daily) partitions of quotes start (crypto_app/pipeline/partitions.py); one row."""
 
     __tablename__ = "quote_partitioning"
 

@@ -138,7 +138,7 @@ def raw_cutoff(storage, now: datetime) -> datetime:
 
 def roll_up_and_expire(conn, run_id: str, storage, ranges, should_stop=None) -> dict:
     """Roll up and DELETE the snapshot rows in each [since, until) of `ranges`, a chunk per transaction
-    (rows that are not in a weekly partition that will be dropped whole: see expire_partitions)."""
+    (rows that are not in a dated partition that will be dropped whole: see expire_partitions)."""
     chunk = timedelta(hours=storage.maintenance_chunk_hours)
     totals = {"quotes_rolled_up": 0, "hourly_candles": 0, "daily_candles": 0}
     for dataset_id, source in expiring_datasets(conn):
@@ -168,7 +168,8 @@ def roll_up_and_expire(conn, run_id: str, storage, ranges, should_stop=None) -> 
 
 
 def expire_partitions(conn, run_id: str, storage, now: datetime, should_stop=None) -> tuple[dict, list]:
-    """Weekly partitions that ended before the raw cutoff and hold only snapshot rows: all their rows go
+    """Dated partitions (daily; weekly ones of a database migrated before 0008) that ended before the raw
+    cutoff and hold only snapshot rows: all their rows go
     into the candles and the partition is dropped, in one transaction (no DELETE, no bloat). Returns the
     counts and the [lo, hi) ranges of expired partitions that also hold rows to keep (CSV candles), whose
     snapshot rows take the DELETE path instead."""
@@ -179,7 +180,7 @@ def expire_partitions(conn, run_id: str, storage, now: datetime, should_stop=Non
     mixed = []
     for part in partitions.partitions(conn):
         conn.commit()
-        if not part.weekly or part.hi > cutoff:
+        if not part.dated or part.hi > cutoff:
             continue
         if should_stop and should_stop():
             raise InterruptedError(should_stop())
@@ -203,7 +204,7 @@ def expire_partitions(conn, run_id: str, storage, now: datetime, should_stop=Non
                           "daily_candles": daily}
                 _progress(cur, run_id, "partitions", counts, fetched=rows, loaded=hourly + daily)
             conn.commit()
-        except (errors.LockNotAvailable, errors.DeadlockDetected):   # a writer of that week: next run
+        except (errors.LockNotAvailable, errors.DeadlockDetected):   # a writer of that day: next run
             conn.rollback()
             counts = {"partitions_busy": 1}
             log.warning("partition busy, left for the next maintenance run", extra={"partition": part.name})

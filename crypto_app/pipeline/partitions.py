@@ -1,16 +1,21 @@
-"""Time partitions of `quotes` (declarative, RANGE on observed_at; migration 0005_storage).
+"""Time partitions of `quotes` (declarative, RANGE on observed_at; migrations 0005_storage, 0008).
 
-Layout: weekly partitions `quotes_wYYYYMMDD` (Monday 00:00 UTC to the next Monday) from `weekly_from`
-(the first weekly partition) on, created WEEKS_AHEAD ahead by the maintenance task; older rows (CSV
-history, rows written before the migration) live in partitions per year `quotes_yYYYY` that end at
-`weekly_from` (table quote_partitioning, set by the migration) at the latest; `quotes_default` catches a row no partition covers (a backfill into an
-uncovered year, a far-future time) and the maintenance task moves such rows into their partition.
+Layout: daily partitions `quotes_dYYYYMMDD` (00:00 UTC to the next midnight), created DAYS_AHEAD ahead
+by the maintenance task; databases migrated before 0008 also hold weekly partitions `quotes_wYYYYMMDD`
+(Monday to Monday, from `weekly_from` on) up to where the daily ones begin, and expire the same way. Both
+are "dated" partitions: day-aligned, from `quote_partitioning.weekly_from` (set by migration 0005, it
+never moves) on. Older rows (CSV history, rows written before the migration) live in partitions per year
+`quotes_yYYYY` that end at `weekly_from` at the latest; `quotes_default` catches a row no partition
+covers (a backfill into an uncovered year, a far-future time) and the maintenance task moves such rows
+into their partition.
 
-Why weekly: at the default schedules the API sources write ~864,000 rows a day (README "Storage"), so a
-week is ~6 million rows (~2.5 GB with indexes), the size the read benchmarks were run at; a month would
-be ~26 million. A week is also the granularity in which expired rows go: a weekly partition whose end is
-older than RETENTION_RAW_DAYS, holding only snapshot rows, is rolled up and dropped in one transaction
-(maintenance.py); rows wait up to a week past the retention for their partition to go.
+Why daily: expired rows go a partition at a time (a dated partition whose end is older than
+RETENTION_RAW_DAYS, holding only snapshot rows, is rolled up and dropped in one transaction;
+maintenance.py), so the raw rows kept swing between RETENTION_RAW_DAYS and that plus one partition. With
+weeks that was 30.8-36.8 days of rows (a 7-day sawtooth of ~1.3 GB at the default schedules: the 90-day
+soak, README "Storage"); with days it is 30-31 days. A day is ~864,000 rows (~230 MB with indexes) at the
+default schedules; a month of them is ~31 partitions plus DAYS_AHEAD empty ones, few enough for the
+planner's pruning (PostgreSQL handles hundreds).
 
 Locks: a partition is created detached (CREATE TABLE ... LIKE quotes) and attached with ATTACH PARTITION
 (SHARE UPDATE EXCLUSIVE on `quotes`: reads and writes go on); dropping takes a brief ACCESS EXCLUSIVE
@@ -25,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 
 from psycopg2 import sql
 
-WEEKS_AHEAD = 4
+DAYS_AHEAD = 14
 LOCK_TIMEOUT = "5s"
 _BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 
@@ -37,13 +42,18 @@ class Partition:
     hi: datetime
 
     @property
-    def weekly(self) -> bool:
-        return self.name.startswith("quotes_w")
+    def dated(self) -> bool:
+        """A daily or (before migration 0008) weekly partition: expired whole once past the retention."""
+        return self.name.startswith(("quotes_d", "quotes_w"))
 
 
 def week_start(t: datetime) -> datetime:
     t = t.astimezone(timezone.utc)
     return (t - timedelta(days=t.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def day_start(t: datetime) -> datetime:
+    return t.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def _ts(text: str) -> datetime:
@@ -66,7 +76,7 @@ def partitions(conn) -> list[Partition]:
 
 
 def weekly_from(conn) -> datetime:
-    """Where weekly partitions start (quote_partitioning, set by the migration; it never moves)."""
+    """Where dated partitions start (quote_partitioning, set by migration 0005; it never moves)."""
     with conn.cursor() as cur:
         cur.execute("SELECT weekly_from FROM quote_partitioning")
         return cur.fetchone()[0]
@@ -85,25 +95,27 @@ def _create(cur, name: str, lo: datetime, hi: datetime) -> None:
                 (lo, hi))
 
 
-def ensure_ahead(conn, now: datetime, weeks_ahead: int = WEEKS_AHEAD) -> list[str]:
-    """Weekly partitions up to `weeks_ahead` weeks after `now`; each in its own transaction."""
+def ensure_ahead(conn, now: datetime, days_ahead: int = DAYS_AHEAD) -> list[str]:
+    """A daily partition for every day from now's to `days_ahead` days after it that no partition covers
+    (every bound is at midnight UTC, so a day is covered whole or not at all); each in its own transaction."""
     created = []
     parts = partitions(conn)
     conn.commit()
-    weekly = [p for p in parts if p.weekly]
-    start = weekly[-1].hi if weekly else week_start(now)
-    while start < week_start(now) + timedelta(weeks=weeks_ahead + 1):
-        name = f"quotes_w{start:%Y%m%d}"
-        with conn.cursor() as cur:
-            _create(cur, name, start, start + timedelta(weeks=1))
-        conn.commit()
-        created.append(name)
-        start += timedelta(weeks=1)
+    day = max(day_start(now), weekly_from(conn))
+    conn.commit()
+    while day <= day_start(now) + timedelta(days=days_ahead):
+        if not any(p.lo <= day < p.hi for p in parts):
+            name = f"quotes_d{day:%Y%m%d}"
+            with conn.cursor() as cur:
+                _create(cur, name, day, day + timedelta(days=1))
+            conn.commit()
+            created.append(name)
+        day += timedelta(days=1)
     return created
 
 
 def drain_default(conn) -> list[str]:
-    """Move rows of the default partition into partitions of their own (a week from weekly_from on, else
+    """Move rows of the default partition into partitions of their own (a day from weekly_from on, else
     their year, cut at weekly_from and at the neighbouring partitions). Returns the partitions created."""
     created = []
     while True:
@@ -117,8 +129,8 @@ def drain_default(conn) -> list[str]:
         first_week = weekly_from(conn)
         conn.commit()
         if oldest >= first_week:
-            lo = week_start(oldest)
-            hi, name = lo + timedelta(weeks=1), f"quotes_w{lo:%Y%m%d}"
+            lo = day_start(oldest)
+            hi, name = lo + timedelta(days=1), f"quotes_d{lo:%Y%m%d}"
         else:
             lo = datetime(oldest.year, 1, 1, tzinfo=timezone.utc)
             hi = datetime(oldest.year + 1, 1, 1, tzinfo=timezone.utc)

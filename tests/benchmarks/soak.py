@@ -10,14 +10,14 @@ Every simulated 5 minutes: CoinPaprika's 2,000 tickers (one batch, as its run st
 page in real shape (tests/fake_upstream.py), written with crypto_app.pipeline.load.load_batch (COPY,
 upsert, latest quotes, dataset stats, raw page, run counters). Every simulated hour the maintenance run
 (crypto_app.pipeline.maintenance.maintain, with the simulated clock) creates partitions ahead, rolls up
-and drops expired weeks, and applies the retentions.
+and drops expired days, and applies the retentions.
 
 The simulated clock runs from `--days` before the start of the soak (on the hour) to within the hour
 before that start, so that afterwards the database looks to the API (whose windows end at the real now)
 like a system that ran that many days (and then stopped ingesting while the soak ran). The migration
-creates weekly partitions around the real now; the soak replaces them (the tables are still empty) by
-the layout of a system first migrated at the simulated start: weekly partitions from the start's week
-(`quote_partitioning.weekly_from`), WEEKS_AHEAD ahead, and from there the maintenance run creates the
+creates dated partitions around the real now; the soak replaces them (the tables are still empty) by
+the layout of a system first migrated at the simulated start: daily partitions from the start's day
+(`quote_partitioning.weekly_from`), DAYS_AHEAD ahead, and from there the maintenance run creates the
 next ones as the clock moves, as in production.
 
 It runs in its own database (`<DATABASE_URL's name>_soak`, dropped and migrated first) and writes

@@ -47,13 +47,13 @@ def span_start(days: int) -> datetime:
 
 
 def partitions_from(conn, start: datetime) -> list[str]:
-    """Replace the migration's weekly partitions (around the real now; all empty) by those of a system first
-    migrated at `start`: weekly from start's week on, WEEKS_AHEAD ahead. Returns the partitions created."""
+    """Replace the migration's dated partitions (around the real now; all empty) by those of a system first
+    migrated at `start`: daily from start's day on, DAYS_AHEAD ahead. Returns the partitions created."""
     with conn.cursor() as cur:
         for part in partitions.partitions(conn):
-            if part.weekly:
+            if part.dated:
                 cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(part.name)))
-        cur.execute("UPDATE quote_partitioning SET weekly_from = %s", (partitions.week_start(start),))
+        cur.execute("UPDATE quote_partitioning SET weekly_from = %s", (partitions.day_start(start),))
     conn.commit()
     return partitions.ensure_ahead(conn, start)
 

@@ -15,7 +15,7 @@ warm-up) next to its bare-SQL floor where reads.py has one (reads.measure_sql):
   CANDLE_HOURLY_RETENTION_DAYS, default 400, else 1d: crypto_app/api/history.py rollup_for), not raw, and
   when the span lies inside the window the candles must be one per dataset and UTC day of the span,
   holding every observation (288 a day per dataset); the report says how many of coin-1's hourly and
-  daily rollup candles the database holds (none until a week has expired);
+  daily rollup candles the database holds (none until a day has expired);
 - history_1y_distinct: the same window without `until` (never cached) over coin-1..coin-2000, shuffled;
   no floor (the API's one statement is timed in-process instead);
 - history_1d_1h: the last day in 1h candles, without `until`, over coin-1..coin-2000 (raw rows while
@@ -122,7 +122,7 @@ def check_history(port: int, url: str, run: dict, now: datetime, db_url: str) ->
     finally:
         conn.close()
     if not out["rollups_in_db"]:
-        out["note"] = ("no rows of coin-1 had been rolled up yet (a week is dropped once its end is "
+        out["note"] = ("no rows of coin-1 had been rolled up yet (a partition is dropped once its end is "
                        "RETENTION_RAW_DAYS old): the answer merged raw rows only")
     out["ok"] = (out["resolution"] in ("1h", "1d") and not out["truncated"]
                  and out.get("expected_candles", out["candles"]) == out["candles"]

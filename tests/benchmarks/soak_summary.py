@@ -4,7 +4,7 @@
 
 per day of data at steady state (rows and bytes written), the database and each table at chosen days, the
 flatness of the database from the end of the retention window on (overall, and at the same point of the
-weekly drop cycle), and maintenance time per day of data. Sizes are pg_database_size and
+drop cycle), and maintenance time per day of data. Sizes are pg_database_size and
 pg_total_relation_size (heap + TOAST + indexes), read after each simulated day's last maintenance run.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ def summary(report: dict) -> dict:
     size = {d["day"]: d["sizes"] for d in days}
     drops = [d["day"] for d in days if d["maintenance"].get("partitions_dropped")]
     last = days[-1]["day"]
-    # From the end of the retention window on: the first weekly drop (raw rows are kept RETENTION_RAW_DAYS
-    # and expire a whole week at a time, so they are first dropped between retention and retention + 7 days).
+    # From the end of the retention window on: the first drop (raw rows are kept RETENTION_RAW_DAYS and
+    # expire a whole partition at a time: a day, or a week in the soaks before migration 0008).
     steady = [day for day in size if drops and day >= drops[0]]
     db = {day: size[day]["database"] for day in steady}
     not_candles = {day: size[day]["database"] - size[day]["candles"] for day in steady}
@@ -66,7 +66,7 @@ def summary(report: dict) -> dict:
                         "seconds_per_day_of_data_rolled_up": round(maint / data_days_rolled, 1) if rolled else None,
                         "drop_days_seconds": {day: by_day[day]["maintenance_seconds"] for day in drops},
                         "other_days_seconds_median": statistics.median(
-                            d["maintenance_seconds"] for d in days if d["day"] not in drops)},
+                            [d["maintenance_seconds"] for d in days if d["day"] not in drops] or [0])},
         "end_sizes_mb": {k: round(v / MB) for k, v in size[last].items() if isinstance(v, int)},
         "end_rows": size[last]["rows"],
     }
