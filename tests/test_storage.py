@@ -253,3 +253,85 @@ def test_storage_is_reported_in_stats_metrics_and_health(client, db_conn, test_e
     assert health["status"] == "degraded" and health["maintenance"]["status"] == "degraded"
     assert any(reason.startswith("maintenance (rollups, retention, partitions) has not succeeded")
                for reason in health["reasons"])
+
+
+def test_migration_0008_turns_the_empty_weeks_ahead_into_days_and_back(test_env):
+    """An existing database (0007): the current week and a week ahead that already holds a row stay weekly,
+    the empty weeks ahead become days; every row stays where it was, and the downgrade folds the days back
+    into weeks with their rows."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    import psycopg2
+
+    from crypto_app.pipeline import partitions
+
+    name = urlsplit(test_env["DATABASE_URL"]).path.lstrip("/") + "_m8"
+    admin = psycopg2.connect(urlsplit(test_env["DATABASE_URL"])._replace(path="/postgres").geturl())
+    admin.autocommit = True
+    url = urlsplit(test_env["DATABASE_URL"])._replace(path=f"/{name}").geturl()
+
+    def flask_db(*args):
+        out = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi:app", "db", *args],
+                             cwd=Path(__file__).resolve().parents[1], env={**test_env, "DATABASE_URL": url},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout + out.stderr
+
+    def layout(conn):
+        parts = partitions.partitions(conn)
+        conn.commit()
+        return {p.name[:8] for p in parts if p.lo > now()}, {p.name for p in parts}
+
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        flask_db("upgrade", "0007_volume_usd")
+        conn = psycopg2.connect(url)
+        conn.autocommit = True           # no transaction left open across the migrations' DDL
+        try:
+            this_week = partitions.week_start(now())
+            held = this_week + timedelta(weeks=2)                  # a week ahead that holds a row (clock skew)
+            with conn.cursor() as cur:
+                cur.execute("INSERT INTO assets (slug, symbol, name) VALUES ('bitcoin', 'BTC', 'Bitcoin') RETURNING id")
+                asset = cur.fetchone()[0]
+                cur.execute("INSERT INTO etl_runs (id, source, trigger, status) VALUES (%s, 'coingecko', 'cli', "
+                            "'succeeded')", (run_id := "00000000-0000-0000-0000-000000000008",))
+                for at in (now(), held + timedelta(hours=5)):
+                    cur.execute("INSERT INTO quotes (asset_id, source, price_usd, observed_at, fetched_at, run_id, "
+                                "payload_hash) VALUES (%s, 'coingecko', 42, %s, now(), %s, 'h')", (asset, at, run_id))
+            conn.commit()
+            assert layout(conn)[0] == {"quotes_w"}
+
+            flask_db("upgrade")
+            ahead, names = layout(conn)
+            assert ahead == {"quotes_w", "quotes_d"}
+            assert f"quotes_w{this_week:%Y%m%d}" in names and f"quotes_w{held:%Y%m%d}" in names
+            week_after = this_week + timedelta(weeks=1)             # empty: now seven days
+            assert f"quotes_w{week_after:%Y%m%d}" not in names
+            assert {f"quotes_d{week_after + timedelta(days=i):%Y%m%d}" for i in range(7)} <= names
+            assert table(conn, "SELECT tableoid::regclass::text FROM quotes ORDER BY observed_at") == [
+                (f"quotes_w{this_week:%Y%m%d}",), (f"quotes_w{held:%Y%m%d}",)]
+            assert "No new upgrade operations detected" in flask_db("check")
+            with conn.cursor() as cur:                             # a row in a day, for the downgrade to keep
+                cur.execute("INSERT INTO quotes (asset_id, source, price_usd, observed_at, fetched_at, run_id, "
+                            "payload_hash) VALUES (%s, 'coingecko', 43, %s, now(), %s, 'h')",
+                            (asset, week_after + timedelta(days=3), run_id))
+            conn.commit()
+
+            flask_db("downgrade", "0007_volume_usd")
+            ahead, names = layout(conn)
+            assert ahead == {"quotes_w"} and f"quotes_w{week_after:%Y%m%d}" in names
+            assert table(conn, "SELECT price_usd, tableoid::regclass::text FROM quotes ORDER BY observed_at") == [
+                (Decimal(42), f"quotes_w{this_week:%Y%m%d}"), (Decimal(43), f"quotes_w{week_after:%Y%m%d}"),
+                (Decimal(42), f"quotes_w{held:%Y%m%d}")]
+        finally:
+            conn.close()
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
