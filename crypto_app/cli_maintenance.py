@@ -19,7 +19,9 @@ COUNTS = (("partitions_created", "partitions created"), ("partitions_dropped", "
           ("quotes_rolled_up", "raw rows rolled up"), ("hourly_candles", "hourly candles written"),
           ("daily_candles", "daily candles written"), ("hourly_candles_expired", "hourly candles expired"),
           ("raw_pages_pruned", "raw page bodies pruned"), ("rejected_expired", "rejected records expired"),
-          ("partitions_busy", "partitions left for the next run (busy)"))
+          ("partitions_compacted", "days compacted"), ("quotes_compacted", "raw rows compacted"),
+          ("partitions_busy", "partitions left for the next run (busy)"),
+          ("compactions_busy", "compactions left for a later run (busy)"))
 
 
 @etl.command("maintain")

@@ -255,6 +255,49 @@ def test_storage_is_reported_in_stats_metrics_and_health(client, db_conn, test_e
                for reason in health["reasons"])
 
 
+def test_a_complete_day_is_rewritten_in_asset_order_once_and_answers_the_same(client, db_conn, test_env, settings):
+    """Compaction: rows arrive time-ordered, every coin of a batch together, so one coin's rows of a day lie
+    on as many heap pages as it has rows; once the day is complete its partition is rewritten in (asset,
+    dataset, time) order, with the same rows, bounds, name and constraints, and the same history answers."""
+    import psycopg2
+    import pytest
+
+    from crypto_app.pipeline import partitions
+    from pipeline_helpers import quotes_snapshot
+
+    day = partitions.day_start(now() + timedelta(days=12))            # a daily partition (0008)
+    name = f"quotes_d{day:%Y%m%d}"
+    ids = assets(db_conn, 3)
+    run_id = d.run(db_conn, "coingecko")
+    write_snapshots(test_env["DATABASE_URL"], run_id, ids, day + timedelta(hours=1), count=12)
+    physical = f"SELECT asset_id, observed_at FROM ONLY {name} ORDER BY ctid"
+    assert table(db_conn, physical) != sorted(table(db_conn, physical))   # as written: by time, coins interleaved
+    window = f"since={day.isoformat()}&until={(day + timedelta(days=1)).isoformat()}".replace("+", "%2B")
+
+    def answer():      # raw_since moves with the real clock
+        return {k: v for k, v in client.get(f"/api/v1/assets/coin-2/history?interval=raw&{window}").get_json().items()
+                if k != "raw_since"}
+
+    before = (quotes_snapshot(db_conn), answer())
+    oid = table(db_conn, "SELECT %s::regclass::oid", (name,))
+
+    later = day + timedelta(days=1, hours=3)
+    step = deliver_maintenance(settings, trigger="cli", kind="cli", now=later)
+    assert step.status == "succeeded", step
+    assert table(db_conn, physical) == sorted(table(db_conn, physical))   # one coin's rows together
+    assert (quotes_snapshot(db_conn), answer()) == before and len(before[1]["points"]) == 12
+    assert [(p.lo, p.hi) for p in partitions.partitions(db_conn) if p.name == name] == [(day, day + timedelta(days=1))]
+    assert table(db_conn, "SELECT (stats->>'partitions_compacted')::int >= 1, (stats->>'quotes_compacted')::int >= 36 "
+                          "FROM etl_runs WHERE id = %s", (step.run_id,)) == [(True, True)]
+    with db_conn.cursor() as cur, pytest.raises(psycopg2.errors.UniqueViolation):   # the key still holds
+        cur.execute(f"INSERT INTO quotes SELECT * FROM {name} LIMIT 1")
+    compacted = table(db_conn, "SELECT %s::regclass::oid", (name,))
+    assert compacted != oid
+
+    assert deliver_maintenance(settings, trigger="cli", kind="cli", now=later).status == "succeeded"
+    assert table(db_conn, "SELECT %s::regclass::oid", (name,)) == compacted   # compacted once
+
+
 def test_migration_0008_turns_the_empty_weeks_ahead_into_days_and_back(test_env):
     """An existing database (0007): the current week and a week ahead that already holds a row stay weekly,
     the empty weeks ahead become days; every row stays where it was, and the downgrade folds the days back

@@ -19,7 +19,9 @@ Celery's acks_late, or the next scheduled run) starts again from what the tables
 2. Hourly candles older than CANDLE_HOURLY_RETENTION_DAYS are deleted (daily candles stay forever).
 3. Raw page bodies not seen for RAW_PAYLOAD_RETENTION_DAYS are pruned (the hash row stays).
 4. Rejected records older than REJECTED_RETENTION_DAYS are deleted.
-5. VACUUM (ANALYZE) of the small hot tables and of what maintenance pruned (see `vacuum`).
+5. Compaction: complete daily partitions are rewritten once in (asset, dataset, time) order (compaction.py),
+   up to compaction.PER_RUN a run, newest first.
+6. VACUUM (ANALYZE) of the small hot tables and of what maintenance pruned (see `vacuum`).
 
 Safe while ingestion writes: the loader only ever writes recent rows; a row it writes into an expired
 range after the DELETE's snapshot survives and is merged by the next run. The run's counters
@@ -36,7 +38,7 @@ import psycopg2
 from psycopg2 import errors, sql
 from psycopg2.extras import Json
 
-from . import lifecycle, partitions
+from . import compaction, lifecycle, partitions
 from .driver import DB_ERRORS, Delivery, Step
 from .heartbeat import Heartbeat
 
@@ -289,6 +291,9 @@ def maintain(conn, run_id: str, storage, now: datetime | None = None, should_sto
     deleted = roll_up_and_expire(conn, run_id, storage, ranges, should_stop)
     counts.update({k: dropped.get(k, 0) + deleted.get(k, 0) for k in set(dropped) | set(deleted)})
     counts.update(expire_small(conn, run_id, storage, now))
+    counts.update(compaction.compact_days(         # not the days about to expire
+        conn, now, not_before=cutoff + timedelta(days=1), should_stop=should_stop,
+        record=lambda cur, c: _progress(cur, run_id, "compaction", c)))
     if dsn:
         vacuum(dsn, changed_tables(counts))
     counts["seconds"] = round(time.monotonic() - started, 3)
