@@ -26,7 +26,7 @@ COUNTS = (("partitions_created", "partitions created"), ("partitions_dropped", "
 
 @etl.command("maintain")
 def maintain_command():
-    """Run maintenance now (partitions ahead, rollups, expiry, retention) and print what it did."""
+    """Run maintenance now (partitions ahead, rollups, expiry, retention, compaction) and print what it did."""
     from .pipeline.maintenance import SOURCE, deliver_maintenance
 
     require_servers(current_app)
