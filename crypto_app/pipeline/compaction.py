@@ -38,7 +38,7 @@ def _uncompacted(conn) -> set[str]:
     with conn.cursor() as cur:
         cur.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
                     "WHERE i.inhparent = 'quotes'::regclass AND left(c.relname, 8) = 'quotes_d' "
-                    "AND coalesce(obj_description(c.oid, 'pg_class'), '') NOT LIKE 'cryptoflow: compacted%%'")
+                    "AND NOT starts_with(coalesce(obj_description(c.oid, 'pg_class'), ''), %s)", (COMMENTED,))
         return {name for (name,) in cur.fetchall()}
 
 
