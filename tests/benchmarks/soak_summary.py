@@ -63,6 +63,7 @@ def summary(report: dict) -> dict:
                                      "quote_rows": size[day]["rows"]["quotes"]} for day in drops},
         "candles_mb_per_day_after_first_drop": round(candle_growth / MB, 1) if candle_growth else None,
         "maintenance": {"seconds_total": round(maint, 1), "quotes_rolled_up": rolled,
+                        "quotes_compacted": sum(d["maintenance"].get("quotes_compacted", 0) for d in days),
                         "seconds_per_day_of_data_rolled_up": round(maint / data_days_rolled, 1) if rolled else None,
                         "drop_days_seconds": {day: by_day[day]["maintenance_seconds"] for day in drops},
                         "other_days_seconds_median": statistics.median(
