@@ -302,36 +302,17 @@ def test_migration_0008_turns_the_empty_weeks_ahead_into_days_and_back(test_env)
     """An existing database (0007): the current week and a week ahead that already holds a row stay weekly,
     the empty weeks ahead become days; every row stays where it was, and the downgrade folds the days back
     into weeks with their rows."""
-    import subprocess
-    import sys
-    from pathlib import Path
-    from urllib.parse import urlsplit
-
     import psycopg2
 
     from crypto_app.pipeline import partitions
-
-    name = urlsplit(test_env["DATABASE_URL"]).path.lstrip("/") + "_m8"
-    admin = psycopg2.connect(urlsplit(test_env["DATABASE_URL"])._replace(path="/postgres").geturl())
-    admin.autocommit = True
-    url = urlsplit(test_env["DATABASE_URL"])._replace(path=f"/{name}").geturl()
-
-    def flask_db(*args):
-        out = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi:app", "db", *args],
-                             cwd=Path(__file__).resolve().parents[1], env={**test_env, "DATABASE_URL": url},
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return out.stdout + out.stderr
+    from pipeline_helpers import scratch_database
 
     def layout(conn):
         parts = partitions.partitions(conn)
         conn.commit()
         return {p.name[:8] for p in parts if p.lo > now()}, {p.name for p in parts}
 
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_database(test_env, "_m8") as (url, flask_db):
         flask_db("upgrade", "0007_volume_usd")
         conn = psycopg2.connect(url)
         conn.autocommit = True           # no transaction left open across the migrations' DDL
@@ -373,8 +354,3 @@ def test_migration_0008_turns_the_empty_weeks_ahead_into_days_and_back(test_env)
                 (Decimal(42), f"quotes_w{held:%Y%m%d}")]
         finally:
             conn.close()
-    finally:
-        with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()

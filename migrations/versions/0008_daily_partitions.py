@@ -25,28 +25,18 @@ down_revision = "0007_volume_usd"
 branch_labels = None
 depends_on = None
 
-WEEKLY_AHEAD = """
-SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = 'quotes'::regclass AND left(c.relname, 8) = 'quotes_w'
-"""
-
-
 def upgrade():
-    from crypto_app.pipeline.partitions import _BOUND, _ts
+    from crypto_app.pipeline.partitions import partitions
 
     bind = op.get_bind()
-    bind.exec_driver_sql("SET LOCAL timezone = 'UTC'")
     now = datetime.now(timezone.utc)
-    for name, bound in bind.exec_driver_sql(WEEKLY_AHEAD).all():
-        m = _BOUND.search(bound or "")
-        if not m:
+    for part in partitions(bind.connection.dbapi_connection):
+        if not part.name.startswith("quotes_w") or part.lo <= now \
+                or bind.exec_driver_sql(f'SELECT EXISTS (SELECT 1 FROM "{part.name}")').scalar():
             continue
-        lo, hi = _ts(m.group(1)), _ts(m.group(2))
-        if lo <= now or bind.exec_driver_sql(f'SELECT EXISTS (SELECT 1 FROM "{name}")').scalar():
-            continue
-        op.execute(f'DROP TABLE "{name}"')
-        day = lo
-        while day < hi:
+        op.execute(f'DROP TABLE "{part.name}"')
+        day = part.lo
+        while day < part.hi:
             op.execute(f"CREATE TABLE quotes_d{day:%Y%m%d} PARTITION OF quotes FOR VALUES FROM "
                        f"('{day.isoformat()}') TO ('{(day + timedelta(days=1)).isoformat()}')")
             day += timedelta(days=1)
